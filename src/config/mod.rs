@@ -1,0 +1,613 @@
+//! twemproxy's YAML (plus legate's extensions) -> a validated [`Config`].
+//!
+//! Every top-level key is a pool. Parsing never exits or panics: a reload goes through the same
+//! path, so every problem comes back as a [`ConfigError`] naming the pool and the key at fault.
+
+use crate::hash::{name_order, Distribution, HashFn};
+use serde_yaml::Value;
+use std::fmt;
+use std::time::Duration;
+
+/// The wire protocol a pool speaks to clients and servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Memcache,
+    Redis,
+}
+
+impl Protocol {
+    /// The name used in config files and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Memcache => "memcache",
+            Protocol::Redis => "redis",
+        }
+    }
+}
+
+/// Where a pool listens or a server is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Addr {
+    /// `host:port`; the host may be a name, resolved when used.
+    Tcp { host: String, port: u16 },
+    /// A unix-domain socket path, with the listener's file permissions if given.
+    Unix { path: String, perm: Option<u32> },
+}
+
+impl fmt::Display for Addr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Addr::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            Addr::Tcp { host, port } => write!(f, "{host}:{port}"),
+            Addr::Unix { path, .. } => f.write_str(path),
+        }
+    }
+}
+
+/// One backend server of a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub addr: Addr,
+    pub weight: u32,
+    /// The optional alias after the address (`host:port:weight alias`).
+    pub alias: Option<String>,
+    /// The name the ring hashes: the alias, else `host:port`, else `host` when the port is 11211.
+    pub name: String,
+}
+
+/// One pool: a listener and the servers its keys are spread over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    pub name: String,
+    pub listen: Addr,
+    pub protocol: Protocol,
+    pub hash: HashFn,
+    pub hash_tag: Option<[u8; 2]>,
+    pub distribution: Distribution,
+    /// Per-request timeout; `None` waits forever.
+    pub timeout: Option<Duration>,
+    pub backlog: u32,
+    /// Max concurrent clients; 0 = unlimited.
+    pub client_connections: u32,
+    pub redis_auth: Option<String>,
+    pub redis_db: u32,
+    pub preconnect: bool,
+    pub auto_eject_hosts: bool,
+    pub server_connections: u32,
+    pub server_retry_timeout: Duration,
+    pub server_failure_limit: u32,
+    pub tcpkeepalive: bool,
+    pub reuseport: bool,
+    /// Servers in nutcracker's order (sorted by name), which modula depends on.
+    pub servers: Vec<ServerConfig>,
+}
+
+/// A whole validated config file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub pools: Vec<PoolConfig>,
+}
+
+/// Why a config was refused; names the pool and key when there is one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub pool: Option<String>,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.pool, &self.key) {
+            (Some(p), Some(k)) => write!(f, "pool '{p}', key '{k}': {}", self.message),
+            (Some(p), None) => write!(f, "pool '{p}': {}", self.message),
+            _ => f.write_str(&self.message),
+        }
+    }
+}
+
+fn err(pool: &str, key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        pool: Some(pool.to_string()),
+        key: Some(key.to_string()),
+        message: message.into(),
+    }
+}
+
+const KEYS: &[&str] = &[
+    "listen",
+    "hash",
+    "hash_tag",
+    "distribution",
+    "timeout",
+    "backlog",
+    "client_connections",
+    "redis",
+    "redis_auth",
+    "redis_db",
+    "preconnect",
+    "auto_eject_hosts",
+    "server_connections",
+    "server_retry_timeout",
+    "server_failure_limit",
+    "tcpkeepalive",
+    "reuseport",
+    "servers",
+    "protocol",
+];
+
+impl Config {
+    /// Parse and validate a config file's text.
+    ///
+    /// # Errors
+    /// Any YAML error, unknown or repeated key, bad value or cross-pool conflict.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let doc: Value = serde_yaml::from_str(text).map_err(|e| ConfigError {
+            pool: None,
+            key: None,
+            message: format!("invalid YAML: {e}"),
+        })?;
+        let top = match doc {
+            Value::Mapping(m) => m,
+            Value::Null => {
+                return Err(ConfigError {
+                    pool: None,
+                    key: None,
+                    message: "the file has no pools".into(),
+                })
+            }
+            _ => {
+                return Err(ConfigError {
+                    pool: None,
+                    key: None,
+                    message: "the top level must map pool names to pools".into(),
+                })
+            }
+        };
+        let mut pools = Vec::with_capacity(top.len());
+        for (k, v) in top {
+            let name = scalar_string(&k).ok_or_else(|| ConfigError {
+                pool: None,
+                key: None,
+                message: format!("pool name must be a string, got {k:?}"),
+            })?;
+            pools.push(parse_pool(&name, v)?);
+        }
+        if pools.is_empty() {
+            return Err(ConfigError {
+                pool: None,
+                key: None,
+                message: "the file has no pools".into(),
+            });
+        }
+        for (i, a) in pools.iter().enumerate() {
+            for b in &pools[..i] {
+                if a.listen == b.listen {
+                    return Err(err(
+                        &a.name,
+                        "listen",
+                        format!(
+                            "{} is also the listen address of pool '{}'",
+                            a.listen, b.name
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(Config { pools })
+    }
+
+    /// Read and parse a file.
+    ///
+    /// # Errors
+    /// The file cannot be read, or [`Config::parse`] refuses it.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            pool: None,
+            key: None,
+            message: format!("cannot read {}: {e}", path.display()),
+        })?;
+        Config::parse(&text)
+    }
+}
+
+fn scalar_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn parse_pool(name: &str, v: Value) -> Result<PoolConfig, ConfigError> {
+    let map = match v {
+        Value::Mapping(m) => m,
+        _ => {
+            return Err(ConfigError {
+                pool: Some(name.into()),
+                key: None,
+                message: "a pool must be a mapping of settings".into(),
+            })
+        }
+    };
+    let mut get = std::collections::HashMap::new();
+    for (k, v) in map {
+        let key = scalar_string(&k).unwrap_or_default();
+        if !KEYS.contains(&key.as_str()) {
+            return Err(err(name, &key, "unknown key"));
+        }
+        get.insert(key, v);
+    }
+    let s = |key: &str| -> Result<Option<String>, ConfigError> {
+        match get.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => scalar_string(v)
+                .map(Some)
+                .ok_or_else(|| err(name, key, "expected a string")),
+        }
+    };
+    let num = |key: &str, default: i64, min: i64| -> Result<i64, ConfigError> {
+        match get.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(Value::Number(n)) => match n.as_i64() {
+                Some(x) if x >= min => Ok(x),
+                _ => Err(err(
+                    name,
+                    key,
+                    format!("expected an integer >= {min}, got {n}"),
+                )),
+            },
+            Some(other) => Err(err(name, key, format!("expected a number, got {other:?}"))),
+        }
+    };
+    let boolean = |key: &str| -> Result<bool, ConfigError> {
+        match get.get(key) {
+            None | Some(Value::Null) => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(other) => Err(err(
+                name,
+                key,
+                format!("expected true or false, got {other:?}"),
+            )),
+        }
+    };
+
+    let listen = s("listen")?.ok_or_else(|| err(name, "listen", "is required"))?;
+    let listen = parse_listen(&listen).map_err(|m| err(name, "listen", m))?;
+
+    let hash = match s("hash")? {
+        None => HashFn::Fnv1a64,
+        Some(h) => h
+            .parse()
+            .map_err(|_| err(name, "hash", format!("unknown hash function '{h}'")))?,
+    };
+    let hash_tag = match s("hash_tag")? {
+        None => None,
+        Some(t) if t.len() == 2 => {
+            let b = t.as_bytes();
+            Some([b[0], b[1]])
+        }
+        Some(t) => {
+            return Err(err(
+                name,
+                "hash_tag",
+                format!("must be exactly 2 characters, got '{t}'"),
+            ))
+        }
+    };
+    let distribution = match s("distribution")? {
+        None => Distribution::Ketama,
+        Some(d) => Distribution::parse(&d)
+            .ok_or_else(|| err(name, "distribution", format!("unknown distribution '{d}'")))?,
+    };
+    let redis = boolean("redis")?;
+    let protocol = match s("protocol")?.as_deref() {
+        None => {
+            if redis {
+                Protocol::Redis
+            } else {
+                Protocol::Memcache
+            }
+        }
+        Some("redis") => Protocol::Redis,
+        Some("memcache") | Some("memcached") => Protocol::Memcache,
+        Some(p) => {
+            return Err(err(
+                name,
+                "protocol",
+                format!("unknown protocol '{p}' (memcache or redis)"),
+            ))
+        }
+    };
+    if get.contains_key("redis")
+        && redis != (protocol == Protocol::Redis)
+        && get.contains_key("protocol")
+    {
+        return Err(err(name, "protocol", "contradicts 'redis'"));
+    }
+    let redis_auth = s("redis_auth")?;
+    if redis_auth.is_some() && protocol != Protocol::Redis {
+        return Err(err(name, "redis_auth", "is only valid in a redis pool"));
+    }
+    let timeout = num("timeout", -1, i64::MIN)?;
+    let server_connections = num("server_connections", 1, 1)?;
+    let servers = parse_servers(name, get.get("servers"))?;
+
+    Ok(PoolConfig {
+        name: name.to_string(),
+        listen,
+        protocol,
+        hash,
+        hash_tag,
+        distribution,
+        timeout: (timeout > 0).then(|| Duration::from_millis(timeout as u64)),
+        backlog: num("backlog", 512, 1)? as u32,
+        client_connections: num("client_connections", 0, 0)? as u32,
+        redis_auth,
+        redis_db: num("redis_db", 0, 0)? as u32,
+        preconnect: boolean("preconnect")?,
+        auto_eject_hosts: boolean("auto_eject_hosts")?,
+        server_connections: server_connections as u32,
+        server_retry_timeout: Duration::from_millis(num("server_retry_timeout", 30_000, 0)? as u64),
+        server_failure_limit: num("server_failure_limit", 2, 1)? as u32,
+        tcpkeepalive: boolean("tcpkeepalive")?,
+        reuseport: boolean("reuseport")?,
+        servers,
+    })
+}
+
+fn parse_listen(s: &str) -> Result<Addr, String> {
+    let s = s.trim();
+    if s.starts_with('/') {
+        let mut parts = s.split_whitespace();
+        let path = parts.next().unwrap_or_default().to_string();
+        let perm = match parts.next() {
+            None => None,
+            Some(p) => Some(
+                u32::from_str_radix(p, 8)
+                    .map_err(|_| format!("bad permissions '{p}' (octal, e.g. 0666)"))?,
+            ),
+        };
+        if parts.next().is_some() {
+            return Err(format!("expected '/path [perm]', got '{s}'"));
+        }
+        return Ok(Addr::Unix { path, perm });
+    }
+    parse_host_port(s)
+}
+
+fn parse_host_port(s: &str) -> Result<Addr, String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("expected host:port, got '{s}'"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("bad port '{port}' in '{s}'"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("missing host in '{s}'"));
+    }
+    Ok(Addr::Tcp {
+        host: host.to_string(),
+        port,
+    })
+}
+
+fn parse_servers(pool: &str, v: Option<&Value>) -> Result<Vec<ServerConfig>, ConfigError> {
+    let list = match v {
+        Some(Value::Sequence(l)) => l,
+        None | Some(Value::Null) => {
+            return Err(err(
+                pool,
+                "servers",
+                "is required and must list at least one server",
+            ))
+        }
+        Some(_) => {
+            return Err(err(
+                pool,
+                "servers",
+                "must be a list of 'host:port:weight [name]'",
+            ))
+        }
+    };
+    let mut out: Vec<ServerConfig> = Vec::with_capacity(list.len());
+    for item in list {
+        let line = scalar_string(item)
+            .ok_or_else(|| err(pool, "servers", "each server must be a string"))?;
+        out.push(parse_server(&line).map_err(|m| err(pool, "servers", m))?);
+    }
+    if out.is_empty() {
+        return Err(err(pool, "servers", "must list at least one server"));
+    }
+    // nutcracker sorts servers by name and refuses duplicates.
+    out.sort_by(|a, b| name_order(&a.name, &b.name));
+    for w in out.windows(2) {
+        if w[0].name == w[1].name {
+            return Err(err(
+                pool,
+                "servers",
+                format!("duplicate server name '{}'", w[0].name),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn parse_server(line: &str) -> Result<ServerConfig, String> {
+    let line = line.trim();
+    let (pname, alias) = match line.split_once(char::is_whitespace) {
+        Some((p, a)) => (p, Some(a.trim().to_string()).filter(|a| !a.is_empty())),
+        None => (line, None),
+    };
+    let (addr_part, weight) = pname
+        .rsplit_once(':')
+        .ok_or_else(|| format!("expected 'host:port:weight [name]', got '{line}'"))?;
+    let weight: u32 = weight
+        .parse()
+        .ok()
+        .filter(|w| *w >= 1)
+        .ok_or_else(|| format!("weight must be an integer >= 1 in '{line}'"))?;
+    let (addr, default_name) = if addr_part.starts_with('/') {
+        (
+            Addr::Unix {
+                path: addr_part.to_string(),
+                perm: None,
+            },
+            addr_part.to_string(),
+        )
+    } else {
+        let addr = parse_host_port(addr_part)?;
+        let Addr::Tcp { host, port } = &addr else {
+            unreachable!("parse_host_port returns Tcp")
+        };
+        let name = if *port == 11211 {
+            host.clone()
+        } else {
+            addr_part.to_string()
+        };
+        (addr, name)
+    };
+    Ok(ServerConfig {
+        addr,
+        weight,
+        name: alias.clone().unwrap_or(default_name),
+        alias,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWEMPROXY_EXAMPLE: &str = r#"
+alpha:
+  listen: 127.0.0.1:22121
+  hash: fnv1a_64
+  distribution: ketama
+  auto_eject_hosts: true
+  redis: true
+  server_retry_timeout: 2000
+  server_failure_limit: 1
+  servers:
+   - 127.0.0.1:6379:1
+
+gamma:
+  listen: 127.0.0.1:22123
+  hash: fnv1a_64
+  distribution: ketama
+  timeout: 400
+  backlog: 1024
+  preconnect: true
+  auto_eject_hosts: true
+  server_retry_timeout: 2000
+  server_failure_limit: 3
+  servers:
+   - 127.0.0.1:11212:1
+   - 127.0.0.1:11213:1
+
+delta:
+  listen: /tmp/legate-delta.sock 0666
+  hash: crc32a
+  hash_tag: "{}"
+  distribution: modula
+  servers:
+   - 127.0.0.1:11214:1 server1
+   - 127.0.0.1:11211:2 server2
+"#;
+
+    #[test]
+    fn twemproxy_example_parses() {
+        let c = Config::parse(TWEMPROXY_EXAMPLE).unwrap();
+        assert_eq!(c.pools.len(), 3);
+        let a = &c.pools[0];
+        assert_eq!(a.name, "alpha");
+        assert_eq!(a.protocol, Protocol::Redis);
+        assert_eq!(a.server_failure_limit, 1);
+        assert_eq!(a.timeout, None);
+        let g = &c.pools[1];
+        assert_eq!(g.protocol, Protocol::Memcache);
+        assert_eq!(g.timeout, Some(Duration::from_millis(400)));
+        assert_eq!(g.backlog, 1024);
+        assert!(g.preconnect);
+        assert_eq!(g.servers[0].name, "127.0.0.1:11212");
+        let d = &c.pools[2];
+        assert_eq!(
+            d.listen,
+            Addr::Unix {
+                path: "/tmp/legate-delta.sock".into(),
+                perm: Some(0o666)
+            }
+        );
+        assert_eq!(d.hash_tag, Some(*b"{}"));
+        assert_eq!(d.servers[1].weight, 2);
+        assert_eq!(d.servers[1].name, "server2");
+    }
+
+    #[test]
+    fn port_11211_is_dropped_from_the_ring_name() {
+        let c = Config::parse(
+            "p:\n  listen: 127.0.0.1:1\n  servers: ['10.0.0.1:11211:1', '10.0.0.2:11212:1']\n",
+        )
+        .unwrap();
+        let names: Vec<_> = c.pools[0].servers.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["10.0.0.1", "10.0.0.2:11212"]);
+    }
+
+    fn refused(yaml: &str) -> ConfigError {
+        Config::parse(yaml).expect_err("config should be refused")
+    }
+
+    #[test]
+    fn errors_name_pool_and_key() {
+        let e = refused("p:\n  listen: 127.0.0.1:1\n  hash: nope\n  servers: ['a:1:1']\n");
+        assert_eq!(
+            (e.pool.as_deref(), e.key.as_deref()),
+            (Some("p"), Some("hash"))
+        );
+        assert!(e.to_string().contains("pool 'p', key 'hash'"), "{e}");
+        let e = refused("p:\n  listen: 127.0.0.1:1\n  colour: red\n  servers: ['a:1:1']\n");
+        assert_eq!(e.key.as_deref(), Some("colour"));
+        let e = refused("p:\n  listen: 127.0.0.1:1\n  redis: yes\n  servers: ['a:1:1']\n");
+        assert_eq!(e.key.as_deref(), Some("redis"));
+        let e = refused("p:\n  listen: 127.0.0.1:1\n  servers: ['a:1:0']\n");
+        assert_eq!(e.key.as_deref(), Some("servers"));
+        let e = refused("p:\n  listen: 127.0.0.1:1\n  servers: ['a:1:1 x', 'b:1:1 x']\n");
+        assert!(e.message.contains("duplicate"), "{e}");
+        let e = refused("p:\n  listen: 127.0.0.1:1\n  hash_tag: '{'\n  servers: ['a:1:1']\n");
+        assert_eq!(e.key.as_deref(), Some("hash_tag"));
+        let e = refused("p:\n  listen: 127.0.0.1:1\n  redis_auth: x\n  servers: ['a:1:1']\n");
+        assert_eq!(e.key.as_deref(), Some("redis_auth"));
+        let e =
+            refused("p:\n  listen: 127.0.0.1:1\n  server_connections: 0\n  servers: ['a:1:1']\n");
+        assert_eq!(e.key.as_deref(), Some("server_connections"));
+        let e = refused("p:\n  listen: 127.0.0.1:1\n");
+        assert_eq!(e.key.as_deref(), Some("servers"));
+        let e = refused("p:\n  servers: ['a:1:1']\n");
+        assert_eq!(e.key.as_deref(), Some("listen"));
+        let e = refused("p:\n  listen: 127.0.0.1:1\n  servers: ['a:1:1']\nq:\n  listen: 127.0.0.1:1\n  servers: ['a:1:1']\n");
+        assert_eq!(
+            (e.pool.as_deref(), e.key.as_deref()),
+            (Some("q"), Some("listen"))
+        );
+        let e = refused(
+            "p:\n  listen: 127.0.0.1:1\n  protocol: redis\n  redis: false\n  servers: ['a:1:1']\n",
+        );
+        assert_eq!(e.key.as_deref(), Some("protocol"));
+    }
+
+    #[test]
+    fn repeated_keys_and_pools_are_refused() {
+        refused("p:\n  listen: 127.0.0.1:1\n  listen: 127.0.0.1:2\n  servers: ['a:1:1']\n");
+        refused("p:\n  listen: 127.0.0.1:1\n  servers: ['a:1:1']\np:\n  listen: 127.0.0.1:2\n  servers: ['a:1:1']\n");
+    }
+
+    #[test]
+    fn protocol_is_an_alternative_to_redis_flag() {
+        let c =
+            Config::parse("p:\n  listen: 127.0.0.1:1\n  protocol: redis\n  servers: ['a:1:1']\n")
+                .unwrap();
+        assert_eq!(c.pools[0].protocol, Protocol::Redis);
+    }
+}

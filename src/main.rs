@@ -1,0 +1,88 @@
+//! The `legate` binary: command line, logging, runtime and signals around [`legate::run`].
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// An ambassador proxy for memcache and Redis, drop-in for twemproxy's config.
+#[derive(Parser, Debug)]
+#[command(name = "legate", version)]
+struct Args {
+    /// Configuration file (twemproxy YAML).
+    #[arg(short = 'c', long = "conf-file", default_value = "conf/nutcracker.yml")]
+    conf: PathBuf,
+    /// Check the configuration file and exit: 0 if valid, 1 if not.
+    #[arg(short = 't', long = "test-conf")]
+    test: bool,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Log filter (tracing syntax, e.g. `info`, `legate=debug`); RUST_LOG also works.
+    #[arg(long, default_value = "info")]
+    log: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| args.log.clone());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+
+    let config = match legate::config::Config::load(&args.conf) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "legate: configuration file '{}' syntax is invalid: {e}",
+                args.conf.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.test {
+        println!(
+            "legate: configuration file '{}' syntax is ok",
+            args.conf.display()
+        );
+        return ExitCode::SUCCESS;
+    }
+
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all().thread_name("legate-worker");
+    if let Some(n) = args.workers {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = match rt.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("legate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(legate::run(config, shutdown_signal()));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("legate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        eprintln!("legate: cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}

@@ -1,0 +1,455 @@
+//! A parsed request -> the job(s) for its server(s), and the slot its reply will fill.
+//!
+//! A request whose keys all live on one server is forwarded as the bytes the client sent. A
+//! request whose keys span servers is split into one request per server, and its slot merges
+//! the replies back in the client's key order. Requests the proxy answers itself get a ready slot.
+
+use crate::config::Protocol;
+use crate::protocol::memcache::{self, Command};
+use crate::protocol::redis::{self, CommandKind, Merge};
+use crate::topology::Topology;
+use crate::upstream::{Framing, Job, Reply, UpstreamError};
+use bytes::{BufMut, Bytes, BytesMut};
+use smallvec::{smallvec, SmallVec};
+use tokio::sync::oneshot;
+
+/// Where one client request's reply will come from, in the client's order.
+#[derive(Debug)]
+pub enum Slot {
+    /// Answered by the proxy.
+    Ready(Bytes),
+    /// One server's reply, passed through.
+    One(oneshot::Receiver<Reply>),
+    /// Several servers' replies, merged.
+    Gather(Gather),
+    /// Send these bytes, then close the connection.
+    Close(Bytes),
+}
+
+/// A split request: the replies of its parts and how to merge them.
+#[derive(Debug)]
+pub struct Gather {
+    pub parts: Vec<oneshot::Receiver<Reply>>,
+    pub merge: GatherMerge,
+}
+
+/// How a split request's replies are merged.
+#[derive(Debug)]
+pub enum GatherMerge {
+    /// memcache get/gets/gat/gats: VALUE blocks in request key order, then one END.
+    McValues {
+        keys: Vec<Bytes>,
+        part_of_key: Vec<u32>,
+    },
+    /// memcache flush_all: OK when every server said OK.
+    McAllOk,
+    /// Redis MGET / DEL-like / MSET.
+    Redis { merge: Merge, part_of_key: Vec<u32> },
+}
+
+const NO_SERVER: &str = "no server available";
+
+/// The error reply a client sees when a server could not answer.
+pub fn error_reply(protocol: Protocol, msg: &str) -> Bytes {
+    let clean: String = msg
+        .chars()
+        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+        .collect();
+    match protocol {
+        Protocol::Memcache => Bytes::from(format!("SERVER_ERROR {clean}\r\n")),
+        Protocol::Redis => Bytes::from(format!("-ERR {clean}\r\n")),
+    }
+}
+
+/// Split `keys` (indexes into a key list) by server: returns, per part, the server and the key
+/// indexes, and per key its part.
+fn group_by_server(topo: &Topology, keys: &[&[u8]]) -> Option<(Vec<(usize, Vec<u32>)>, Vec<u32>)> {
+    let mut part_of_server = vec![u32::MAX; topo.servers.len()];
+    let mut parts: Vec<(usize, Vec<u32>)> = Vec::new();
+    let mut part_of_key = Vec::with_capacity(keys.len());
+    for (i, key) in keys.iter().enumerate() {
+        let s = topo.server_for(key)?;
+        if part_of_server[s] == u32::MAX {
+            part_of_server[s] = parts.len() as u32;
+            parts.push((s, Vec::new()));
+        }
+        let p = part_of_server[s];
+        parts[p as usize].1.push(i as u32);
+        part_of_key.push(p);
+    }
+    Some((parts, part_of_key))
+}
+
+async fn send_one(
+    topo: &Topology,
+    server: usize,
+    parts: SmallVec<[Bytes; 2]>,
+    framing: Framing,
+) -> Slot {
+    let (job, rx) = Job::new(parts, framing);
+    topo.servers[server].send(job).await;
+    Slot::One(rx)
+}
+
+async fn send_gather(
+    topo: &Topology,
+    requests: Vec<(usize, Bytes)>,
+    framing: Framing,
+    merge: GatherMerge,
+) -> Slot {
+    let mut parts = Vec::with_capacity(requests.len());
+    for (server, bytes) in requests {
+        let (job, rx) = Job::new(smallvec![bytes], framing);
+        topo.servers[server].send(job).await;
+        parts.push(rx);
+    }
+    Slot::Gather(Gather { parts, merge })
+}
+
+/// Route one memcache request. `None`: nothing goes back to the client (noreply).
+pub async fn memcache(topo: &Topology, frame: Bytes, req: &memcache::Request) -> Option<Slot> {
+    let framing = Framing::Memcache(req.reply_kind());
+    match req.command {
+        Command::Get | Command::Gets | Command::Gat | Command::Gats => {
+            let keys: Vec<&[u8]> = req.keys.iter().map(|r| &frame[r.clone()]).collect();
+            let Some((parts, part_of_key)) = group_by_server(topo, &keys) else {
+                return Some(Slot::Ready(error_reply(Protocol::Memcache, NO_SERVER)));
+            };
+            if parts.len() == 1 {
+                return Some(send_one(topo, parts[0].0, smallvec![frame], framing).await);
+            }
+            let name = &frame[..frame.iter().position(|&c| c == b' ').unwrap_or(0)];
+            let requests = parts
+                .iter()
+                .map(|(server, ks)| {
+                    let mut b = BytesMut::with_capacity(64 + ks.len() * 32);
+                    b.put_slice(name);
+                    if let Some(exp) = &req.exptime {
+                        b.put_u8(b' ');
+                        b.put_slice(&frame[exp.clone()]);
+                    }
+                    for &k in ks {
+                        b.put_u8(b' ');
+                        b.put_slice(keys[k as usize]);
+                    }
+                    b.put_slice(b"\r\n");
+                    (*server, b.freeze())
+                })
+                .collect();
+            let keys = req.keys.iter().map(|r| frame.slice(r.clone())).collect();
+            Some(
+                send_gather(
+                    topo,
+                    requests,
+                    framing,
+                    GatherMerge::McValues { keys, part_of_key },
+                )
+                .await,
+            )
+        }
+        Command::MetaNoop => Some(Slot::Ready(Bytes::from_static(b"MN\r\n"))),
+        Command::Version => Some(Slot::Ready(Bytes::from(format!(
+            "VERSION legate-{}\r\n",
+            env!("CARGO_PKG_VERSION")
+        )))),
+        Command::Verbosity => (!req.noreply).then(|| Slot::Ready(Bytes::from_static(b"OK\r\n"))),
+        Command::Quit => Some(Slot::Close(Bytes::new())),
+        Command::Stats => Some(Slot::Ready(proxy_stats())),
+        Command::FlushAll => {
+            if req.noreply {
+                for s in &topo.servers {
+                    s.send(Job {
+                        parts: smallvec![frame.clone()],
+                        framing: Framing::None,
+                        done: None,
+                    })
+                    .await;
+                }
+                return None;
+            }
+            let requests = (0..topo.servers.len())
+                .map(|s| (s, frame.clone()))
+                .collect();
+            Some(send_gather(topo, requests, framing, GatherMerge::McAllOk).await)
+        }
+        _ => {
+            let key = &frame[req.keys[0].clone()];
+            let Some(server) = topo.server_for(key) else {
+                return (!req.noreply)
+                    .then(|| Slot::Ready(error_reply(Protocol::Memcache, NO_SERVER)));
+            };
+            if req.noreply {
+                topo.servers[server]
+                    .send(Job {
+                        parts: smallvec![frame],
+                        framing: Framing::None,
+                        done: None,
+                    })
+                    .await;
+                return None;
+            }
+            let parts = if req.quiet {
+                smallvec![frame, Bytes::from_static(b"mn\r\n")]
+            } else {
+                smallvec![frame]
+            };
+            Some(send_one(topo, server, parts, framing).await)
+        }
+    }
+}
+
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Note the process start, for `stats` uptime.
+pub fn mark_start() {
+    STARTED.get_or_init(std::time::Instant::now);
+}
+
+/// The proxy's own answer to `stats`: who answers, and for how long it has.
+fn proxy_stats() -> Bytes {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let uptime = STARTED
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs();
+    Bytes::from(format!(
+        "STAT pid {}\r\nSTAT uptime {uptime}\r\nSTAT time {now}\r\nSTAT version legate-{}\r\nSTAT pointer_size {}\r\nEND\r\n",
+        std::process::id(),
+        env!("CARGO_PKG_VERSION"),
+        usize::BITS
+    ))
+}
+
+fn redis_error(msg: String) -> Slot {
+    Slot::Ready(Bytes::from(format!("-ERR {msg}\r\n")))
+}
+
+fn printable(name: &[u8]) -> String {
+    let s: String = name
+        .iter()
+        .take(64)
+        .flat_map(|c| c.escape_ascii())
+        .map(char::from)
+        .collect();
+    s.replace('\'', "\\'")
+}
+
+fn wrong_args(name: &[u8]) -> Slot {
+    redis_error(format!(
+        "wrong number of arguments for '{}' command",
+        printable(name).to_ascii_lowercase()
+    ))
+}
+
+fn bulk(v: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(v.len() + 16);
+    b.put_u8(b'$');
+    redis::put_decimal(&mut b, v.len() as i64);
+    b.put_slice(b"\r\n");
+    b.put_slice(v);
+    b.put_slice(b"\r\n");
+    b.freeze()
+}
+
+/// The bytes to forward for a whole request: as sent, or re-encoded when it came inline.
+fn resp_frame(frame: Bytes, req: &redis::Request) -> Bytes {
+    if !req.inline {
+        return frame;
+    }
+    let mut b = BytesMut::with_capacity(frame.len() + 16 * req.args.len());
+    redis::encode_command(&mut b, req.args.iter().map(|r| &frame[r.clone()]));
+    b.freeze()
+}
+
+/// Route one Redis request (which has at least one argument).
+pub async fn redis(topo: &Topology, frame: Bytes, req: &redis::Request) -> Slot {
+    let args = &req.args;
+    let name = &frame[args[0].clone()];
+    let argc = args.len();
+    let kind = redis::lookup(name);
+    let route_by = |key_arg: usize| topo.server_for(&frame[args[key_arg].clone()]);
+    match kind {
+        CommandKind::Single | CommandKind::Eval => {
+            let key_arg = if kind == CommandKind::Eval {
+                if argc < 3 {
+                    return wrong_args(name);
+                }
+                match crate::protocol::parse_u64(&frame[args[2].clone()]) {
+                    Some(n) if n >= 1 && (n as usize) <= argc - 3 => 3,
+                    Some(0) => {
+                        return redis_error(format!(
+                            "'{}' without keys cannot be routed: legate needs at least one key",
+                            printable(name).to_ascii_lowercase()
+                        ))
+                    }
+                    _ => return redis_error("Number of keys can't be greater than number of args".into()),
+                }
+            } else {
+                if argc < 2 {
+                    return wrong_args(name);
+                }
+                1
+            };
+            let Some(server) = route_by(key_arg) else {
+                return redis_error(NO_SERVER.into());
+            };
+            send_one(topo, server, smallvec![resp_frame(frame, req)], Framing::Redis).await
+        }
+        CommandKind::Multi { merge, step } => {
+            if argc < 2 || (argc - 1) % step != 0 {
+                return wrong_args(name);
+            }
+            let keys: Vec<&[u8]> = (1..argc).step_by(step).map(|i| &frame[args[i].clone()]).collect();
+            let Some((parts, part_of_key)) = group_by_server(topo, &keys) else {
+                return redis_error(NO_SERVER.into());
+            };
+            if parts.len() == 1 {
+                return send_one(topo, parts[0].0, smallvec![resp_frame(frame, req)], Framing::Redis).await;
+            }
+            let requests = parts
+                .iter()
+                .map(|(server, ks)| {
+                    let mut b = BytesMut::with_capacity(64 + ks.len() * 48);
+                    let sub = std::iter::once(name).chain(ks.iter().flat_map(|&k| {
+                        let first = 1 + k as usize * step;
+                        (first..first + step).map(|i| &frame[args[i].clone()])
+                    }));
+                    let sub: Vec<&[u8]> = sub.collect();
+                    redis::encode_command(&mut b, sub.into_iter());
+                    (*server, b.freeze())
+                })
+                .collect();
+            send_gather(topo, requests, Framing::Redis, GatherMerge::Redis { merge, part_of_key }).await
+        }
+        CommandKind::Ping => match argc {
+            1 => Slot::Ready(Bytes::from_static(b"+PONG\r\n")),
+            2 => Slot::Ready(bulk(&frame[args[1].clone()])),
+            _ => wrong_args(name),
+        },
+        CommandKind::Echo => match argc {
+            2 => Slot::Ready(bulk(&frame[args[1].clone()])),
+            _ => wrong_args(name),
+        },
+        CommandKind::Quit => Slot::Close(Bytes::from_static(b"+OK\r\n")),
+        CommandKind::Select => match argc {
+            2 if &frame[args[1].clone()] == b"0" => Slot::Ready(Bytes::from_static(b"+OK\r\n")),
+            2 => redis_error("legate serves database 0 only (set redis_db in the pool to choose the backend database)".into()),
+            _ => wrong_args(name),
+        },
+        CommandKind::Command => Slot::Ready(Bytes::from_static(b"*0\r\n")),
+        CommandKind::Unsupported => redis_error(format!(
+            "unsupported command '{}': legate does not serve it (it would span shards or is unknown)",
+            printable(name)
+        )),
+    }
+}
+
+/// Merge the replies of a split request into the one reply the client expects.
+pub fn merge(merge: &GatherMerge, replies: &[Bytes]) -> Bytes {
+    match merge {
+        GatherMerge::McValues { keys, part_of_key } => {
+            let mut blocks = Vec::with_capacity(replies.len());
+            let mut total = 5;
+            for r in replies {
+                match memcache::value_blocks(r) {
+                    Some(b) => {
+                        total += r.len();
+                        blocks.push(b);
+                    }
+                    None => return r.clone(),
+                }
+            }
+            let mut out = BytesMut::with_capacity(total);
+            let mut next = vec![0usize; replies.len()];
+            for (key, &p) in keys.iter().zip(part_of_key) {
+                let p = p as usize;
+                if let Some(b) = blocks[p].get(next[p]) {
+                    if replies[p][b.key.clone()] == key[..] {
+                        out.put_slice(&replies[p][b.block.clone()]);
+                        next[p] += 1;
+                    }
+                }
+            }
+            out.put_slice(b"END\r\n");
+            out.freeze()
+        }
+        GatherMerge::McAllOk => replies
+            .iter()
+            .find(|r| &r[..] != b"OK\r\n")
+            .cloned()
+            .unwrap_or_else(|| Bytes::from_static(b"OK\r\n")),
+        GatherMerge::Redis { merge, part_of_key } => {
+            if let Some(e) = replies.iter().find(|r| r.first() == Some(&b'-')) {
+                return e.clone();
+            }
+            match merge {
+                Merge::Ok => replies
+                    .iter()
+                    .find(|r| &r[..] != b"+OK\r\n")
+                    .cloned()
+                    .unwrap_or_else(|| Bytes::from_static(b"+OK\r\n")),
+                Merge::Sum => {
+                    let mut sum: i64 = 0;
+                    for r in replies {
+                        let n = r
+                            .strip_prefix(b":")
+                            .and_then(|r| r.strip_suffix(b"\r\n"))
+                            .and_then(crate::protocol::parse_i64);
+                        match n {
+                            Some(n) => sum = sum.saturating_add(n),
+                            None => {
+                                return Bytes::from_static(
+                                    b"-ERR unexpected reply from a shard\r\n",
+                                )
+                            }
+                        }
+                    }
+                    let mut b = BytesMut::with_capacity(24);
+                    b.put_u8(b':');
+                    redis::put_decimal(&mut b, sum);
+                    b.put_slice(b"\r\n");
+                    b.freeze()
+                }
+                Merge::Array => {
+                    let mut elems = Vec::with_capacity(replies.len());
+                    let mut total = 16;
+                    for r in replies {
+                        match redis::array_elements(r) {
+                            Some(e) => elems.push(e),
+                            None => {
+                                return Bytes::from_static(
+                                    b"-ERR unexpected reply from a shard\r\n",
+                                )
+                            }
+                        }
+                        total += r.len();
+                    }
+                    let mut out = BytesMut::with_capacity(total);
+                    out.put_u8(b'*');
+                    redis::put_decimal(&mut out, part_of_key.len() as i64);
+                    out.put_slice(b"\r\n");
+                    let mut next = vec![0usize; replies.len()];
+                    for &p in part_of_key {
+                        let p = p as usize;
+                        match elems[p].get(next[p]) {
+                            Some(range) => out.put_slice(&replies[p][range.clone()]),
+                            None => {
+                                return Bytes::from_static(b"-ERR a shard sent too few replies\r\n")
+                            }
+                        }
+                        next[p] += 1;
+                    }
+                    out.freeze()
+                }
+            }
+        }
+    }
+}
+
+/// The reply to send for a failed job.
+pub fn failure(protocol: Protocol, e: &UpstreamError) -> Bytes {
+    error_reply(protocol, &e.to_string())
+}

@@ -1,0 +1,320 @@
+//! Listeners and client sessions.
+//!
+//! A session is two halves. The reader parses every complete request in its buffer, routes
+//! each (queueing jobs on the servers' connections) and pushes one [`Slot`] per reply into a
+//! bounded channel. The writer takes slots in order, waits for each one's reply, and writes
+//! replies in batches; it only flushes before it would have to wait. The channel bound is
+//! the session's backpressure: a client that does not read its replies stops being read.
+
+use crate::config::{Addr, PoolConfig, Protocol};
+use crate::protocol::{memcache, redis, Need, Parse, MAX_VALUE_BYTES};
+use crate::router::{self, Slot};
+use crate::topology::SharedTopology;
+use crate::upstream::{write_all_vectored, Reply, UpstreamError};
+use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+
+/// Replies a session may owe before it stops reading requests.
+const SLOTS_IN_FLIGHT: usize = 4096;
+/// Reply bytes gathered before a write is forced.
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
+
+/// A bound listener of either kind.
+pub enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+impl Listener {
+    /// Bind a pool's listen address with its backlog and reuseport settings.
+    ///
+    /// # Errors
+    /// The address cannot be resolved or bound.
+    pub fn bind(pool: &PoolConfig) -> std::io::Result<Listener> {
+        match &pool.listen {
+            Addr::Tcp { host, port } => {
+                use std::net::ToSocketAddrs;
+                let addr = (host.as_str(), *port)
+                    .to_socket_addrs()?
+                    .next()
+                    .ok_or_else(|| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            format!("cannot resolve {host}"),
+                        )
+                    })?;
+                let sock = socket2::Socket::new(
+                    socket2::Domain::for_address(addr),
+                    socket2::Type::STREAM,
+                    None,
+                )?;
+                sock.set_reuse_address(true)?;
+                if pool.reuseport {
+                    sock.set_reuse_port(true)?;
+                }
+                sock.set_nonblocking(true)?;
+                sock.bind(&addr.into())?;
+                sock.listen(pool.backlog.min(i32::MAX as u32) as i32)?;
+                Ok(Listener::Tcp(tokio::net::TcpListener::from_std(
+                    sock.into(),
+                )?))
+            }
+            Addr::Unix { path, perm } => {
+                // A socket file left by an earlier run would make bind fail.
+                if std::fs::symlink_metadata(path).is_ok_and(|m| {
+                    use std::os::unix::fs::FileTypeExt;
+                    m.file_type().is_socket()
+                }) {
+                    std::fs::remove_file(path)?;
+                }
+                let l = tokio::net::UnixListener::bind(path)?;
+                if let Some(perm) = perm {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(*perm))?;
+                }
+                Ok(Listener::Unix(l))
+            }
+        }
+    }
+
+    /// The bound address, for logs (resolves port 0).
+    pub fn local_addr(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            Listener::Unix(l) => l
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Accept clients forever, one session task each.
+pub async fn accept_loop(
+    listener: Listener,
+    topo: SharedTopology,
+    protocol: Protocol,
+    max_clients: u32,
+) {
+    let clients = Arc::new(AtomicUsize::new(0));
+    loop {
+        let accepted = match &listener {
+            Listener::Tcp(l) => l.accept().await.map(|(s, _)| {
+                let _ = s.set_nodelay(true);
+                let (r, w) = s.into_split();
+                (Box::new(r) as BoxRead, Box::new(w) as BoxWrite)
+            }),
+            Listener::Unix(l) => l.accept().await.map(|(s, _)| {
+                let (r, w) = s.into_split();
+                (Box::new(r) as BoxRead, Box::new(w) as BoxWrite)
+            }),
+        };
+        let (r, w) = match accepted {
+            Ok(rw) => rw,
+            Err(e) => {
+                // Out of descriptors and similar: back off briefly rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if max_clients > 0 && clients.load(Ordering::Relaxed) >= max_clients as usize {
+            tracing::warn!(
+                max_clients,
+                "client_connections reached; closing a new client"
+            );
+            continue;
+        }
+        clients.fetch_add(1, Ordering::Relaxed);
+        let clients = clients.clone();
+        let topo = topo.clone();
+        tokio::spawn(async move {
+            session(r, w, topo, protocol).await;
+            clients.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+type BoxRead = Box<dyn AsyncRead + Unpin + Send>;
+type BoxWrite = Box<dyn AsyncWrite + Unpin + Send>;
+
+/// Serve one client until it closes, quits, or sends what cannot be resynchronised.
+pub async fn session<R, W>(rd: R, wr: W, topo: SharedTopology, protocol: Protocol)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(SLOTS_IN_FLIGHT);
+    let writer = tokio::spawn(write_replies(wr, rx, protocol));
+    read_requests(rd, tx, topo, protocol).await;
+    let _ = writer.await;
+}
+
+async fn read_requests<R: AsyncRead + Unpin>(
+    mut rd: R,
+    tx: mpsc::Sender<Slot>,
+    topo: SharedTopology,
+    protocol: Protocol,
+) {
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    // Parse again only once the buffer holds this many bytes.
+    let mut need = 1;
+    loop {
+        if buf.len() >= need {
+            let t = topo.load_full();
+            loop {
+                let slot = match protocol {
+                    Protocol::Memcache => match memcache::parse_request(&buf) {
+                        Ok(Parse::Complete(req)) => {
+                            let frame = buf.split_to(req.len).freeze();
+                            router::memcache(&t, frame, &req).await
+                        }
+                        Ok(Parse::Incomplete(n)) => {
+                            need = needed(n, buf.len());
+                            break;
+                        }
+                        Err(e) => {
+                            let _ = buf.split_to(e.consumed.min(buf.len()));
+                            let reply = Bytes::from_static(e.reply.as_bytes());
+                            Some(if e.fatal {
+                                Slot::Close(reply)
+                            } else {
+                                Slot::Ready(reply)
+                            })
+                        }
+                    },
+                    Protocol::Redis => match redis::parse_request(&buf) {
+                        Ok(Parse::Complete(req)) => {
+                            let frame = buf.split_to(req.len).freeze();
+                            if req.args.is_empty() {
+                                None
+                            } else {
+                                Some(router::redis(&t, frame, &req).await)
+                            }
+                        }
+                        Ok(Parse::Incomplete(n)) => {
+                            need = needed(n, buf.len());
+                            break;
+                        }
+                        Err(e) => Some(Slot::Close(Bytes::from(e.reply()))),
+                    },
+                };
+                if let Some(slot) = slot {
+                    let close = matches!(slot, Slot::Close(_));
+                    if tx.send(slot).await.is_err() || close {
+                        return;
+                    }
+                }
+            }
+        }
+        let want = need
+            .saturating_sub(buf.len())
+            .clamp(8 * 1024, 4 * 1024 * 1024);
+        if buf.capacity() - buf.len() < want {
+            buf.reserve(want);
+        }
+        tokio::select! {
+            r = rd.read_buf(&mut buf) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+fn needed(n: Need, have: usize) -> usize {
+    match n {
+        Need::Line => have + 1,
+        Need::Bytes(b) => b.min(MAX_VALUE_BYTES + 64 * 1024),
+    }
+}
+
+fn lost() -> UpstreamError {
+    UpstreamError::Lost {
+        server: "the server".into(),
+    }
+}
+
+/// Take one reply, flushing what is gathered first if it has to be waited for.
+async fn take<W: AsyncWrite + Unpin>(
+    rx: &mut oneshot::Receiver<Reply>,
+    wr: &mut W,
+    out: &mut VecDeque<Bytes>,
+) -> std::io::Result<Reply> {
+    match rx.try_recv() {
+        Ok(r) => Ok(r),
+        Err(oneshot::error::TryRecvError::Closed) => Ok(Err(lost())),
+        Err(oneshot::error::TryRecvError::Empty) => {
+            write_all_vectored(wr, out).await?;
+            Ok(rx.await.unwrap_or_else(|_| Err(lost())))
+        }
+    }
+}
+
+async fn write_replies<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut rx: mpsc::Receiver<Slot>,
+    protocol: Protocol,
+) {
+    let mut out: VecDeque<Bytes> = VecDeque::new();
+    let mut pending_bytes = 0;
+    let result: std::io::Result<()> = async {
+        loop {
+            let slot = match rx.try_recv() {
+                Ok(s) => s,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    write_all_vectored(&mut wr, &mut out).await?;
+                    pending_bytes = 0;
+                    match rx.recv().await {
+                        Some(s) => s,
+                        None => break,
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+            };
+            let reply = match slot {
+                Slot::Ready(b) => b,
+                Slot::Close(b) => {
+                    out.push_back(b);
+                    break;
+                }
+                Slot::One(mut r) => match take(&mut r, &mut wr, &mut out).await? {
+                    Ok(b) => b,
+                    Err(e) => router::failure(protocol, &e),
+                },
+                Slot::Gather(g) => {
+                    let mut replies = Vec::with_capacity(g.parts.len());
+                    let mut failed = None;
+                    for mut r in g.parts {
+                        match take(&mut r, &mut wr, &mut out).await? {
+                            Ok(b) => replies.push(b),
+                            Err(e) => failed = failed.or(Some(e)),
+                        }
+                    }
+                    match failed {
+                        Some(e) => router::failure(protocol, &e),
+                        None => router::merge(&g.merge, &replies),
+                    }
+                }
+            };
+            pending_bytes += reply.len();
+            out.push_back(reply);
+            if pending_bytes >= WRITE_BATCH_BYTES || out.len() >= 1024 {
+                write_all_vectored(&mut wr, &mut out).await?;
+                pending_bytes = 0;
+            }
+        }
+        write_all_vectored(&mut wr, &mut out).await?;
+        wr.shutdown().await
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "client write failed");
+    }
+}
