@@ -12,7 +12,10 @@ struct Case {
 }
 
 fn hex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 fn cases() -> Vec<Case> {
@@ -37,7 +40,10 @@ fn cases() -> Vec<Case> {
             "server" => out.last_mut().unwrap().yaml += &format!("    - {rest}\n"),
             "key" => {
                 let (k, server) = rest.split_once(' ').unwrap();
-                out.last_mut().unwrap().keys.push((hex(k), server.to_string()));
+                out.last_mut()
+                    .unwrap()
+                    .keys
+                    .push((hex(k), server.to_string()));
             }
             _ => panic!("bad line in placement.txt: {line}"),
         }
@@ -65,14 +71,25 @@ fn every_key_lands_where_nutcracker_put_it() {
         let ring = Ring::build(&servers, pool.distribution);
         let mut wrong = Vec::new();
         for (key, want) in &case.keys {
-            let i = ring.server_for(pool.hash, hash_tag_span(key, pool.hash_tag)).unwrap();
+            let i = ring
+                .server_for(pool.hash, hash_tag_span(key, pool.hash_tag))
+                .unwrap();
             let got = pool.servers[i].addr.to_string();
             if &got != want {
-                wrong.push(format!("{} -> {got}, nutcracker: {want}", String::from_utf8_lossy(key)));
+                wrong.push(format!(
+                    "{} -> {got}, nutcracker: {want}",
+                    String::from_utf8_lossy(key)
+                ));
             }
             checked += 1;
         }
-        assert!(wrong.is_empty(), "case {}: {} keys misplaced, e.g. {:?}", case.header, wrong.len(), &wrong[..wrong.len().min(3)]);
+        assert!(
+            wrong.is_empty(),
+            "case {}: {} keys misplaced, e.g. {:?}",
+            case.header,
+            wrong.len(),
+            &wrong[..wrong.len().min(3)]
+        );
     }
     assert!(checked > 10_000);
 }

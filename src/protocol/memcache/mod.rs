@@ -120,6 +120,8 @@ fn bad(reply: &'static str, consumed: usize) -> RequestError {
 /// memcached's reply to an unknown command.
 pub const ERROR: &str = "ERROR\r\n";
 const BAD_FORMAT: &str = "CLIENT_ERROR bad command line format\r\n";
+const BAD_EXPTIME: &str = "CLIENT_ERROR invalid exptime argument\r\n";
+const BAD_DELTA: &str = "CLIENT_ERROR invalid numeric delta argument\r\n";
 const BAD_CHUNK: &str = "CLIENT_ERROR bad data chunk\r\n";
 const TOO_LARGE: &str = "CLIENT_ERROR object too large for cache\r\n";
 const LINE_TOO_LONG: &str = "CLIENT_ERROR line too long\r\n";
@@ -229,8 +231,11 @@ pub fn parse_request(buf: &[u8]) -> Result<Parse<Request>, RequestError> {
             }
         }
         Command::Gat | Command::Gats => {
-            if n < 3 || parse_i64(tok(1)).is_none() {
-                return Err(bad(BAD_FORMAT, line_len));
+            if n < 3 {
+                return Err(bad(ERROR, line_len));
+            }
+            if parse_i64(tok(1)).is_none() {
+                return Err(bad(BAD_EXPTIME, line_len));
             }
             req.exptime = Some(toks[1].clone());
             for t in &toks[2..] {
@@ -247,7 +252,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Parse<Request>, RequestError> {
             // <cmd> <key> <flags> <exptime> <bytes> [cas] [noreply]
             let base = if command == Command::Cas { 6 } else { 5 };
             if n < base || n > base + 1 {
-                return Err(bad(BAD_FORMAT, line_len));
+                return Err(bad(ERROR, line_len));
             }
             let bytes = parse_u64(tok(4));
             let header_ok = parse_u64(tok(2)).is_some_and(|f| f <= u32::MAX as u64)
@@ -280,8 +285,11 @@ pub fn parse_request(buf: &[u8]) -> Result<Parse<Request>, RequestError> {
             req.len = total;
         }
         Command::Incr | Command::Decr => {
-            if !(n == 3 || (n == 4 && noreply_at(3))) || parse_u64(tok(2)).is_none() {
-                return Err(bad(BAD_FORMAT, line_len));
+            if !(n == 3 || (n == 4 && noreply_at(3))) {
+                return Err(bad(ERROR, line_len));
+            }
+            if parse_u64(tok(2)).is_none() {
+                return Err(bad(BAD_DELTA, line_len));
             }
             check_key(&toks[1])?;
             req.keys.push(toks[1].clone());
@@ -303,8 +311,11 @@ pub fn parse_request(buf: &[u8]) -> Result<Parse<Request>, RequestError> {
             req.noreply = noreply_at(n - 1);
         }
         Command::Touch => {
-            if !(n == 3 || (n == 4 && noreply_at(3))) || parse_i64(tok(2)).is_none() {
-                return Err(bad(BAD_FORMAT, line_len));
+            if !(n == 3 || (n == 4 && noreply_at(3))) {
+                return Err(bad(ERROR, line_len));
+            }
+            if parse_i64(tok(2)).is_none() {
+                return Err(bad(BAD_EXPTIME, line_len));
             }
             check_key(&toks[1])?;
             req.keys.push(toks[1].clone());
@@ -312,7 +323,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Parse<Request>, RequestError> {
         }
         Command::MetaGet | Command::MetaDelete | Command::MetaArithmetic | Command::MetaDebug => {
             if n < 2 {
-                return Err(bad(BAD_FORMAT, line_len));
+                return Err(bad(ERROR, line_len));
             }
             check_key(&toks[1])?;
             req.keys.push(toks[1].clone());
@@ -573,10 +584,7 @@ mod tests {
                 .reply,
             TOO_LARGE
         );
-        assert_eq!(
-            parse_request(b"incr k x\r\n").unwrap_err().reply,
-            BAD_FORMAT
-        );
+        assert_eq!(parse_request(b"incr k x\r\n").unwrap_err().reply, BAD_DELTA);
     }
 
     #[test]

@@ -1,0 +1,287 @@
+//! Real servers and a real legate for integration tests, each on a free loopback port.
+//!
+//! Every process is killed when its handle drops. A binary that is not installed fails the
+//! test with a message saying what to install; nothing is skipped silently.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// A port nobody is listening on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Find `name` on PATH or fail the test saying how to get it.
+pub fn require(name: &str, package: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in
+        std::env::split_paths(&path).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+    {
+        let p = dir.join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("`{name}` is not installed, and this test needs it: apt-get install -y {package} (.ci/run does this)");
+}
+
+/// Wait until something accepts connections on `port`, or fail after 10 s.
+pub fn wait_for_port(port: u16, what: &str, child: &mut Child) {
+    let start = Instant::now();
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited before listening on {port}: {status}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{what} never listened on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A memcached allowing items up to 20 MB.
+pub fn memcached() -> Proc {
+    let bin = require("memcached", "memcached");
+    let port = free_port();
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "-l",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-U",
+        "0",
+        "-m",
+        "512",
+        "-I",
+        "20m",
+        "-t",
+        "1",
+    ]);
+    if is_root() {
+        cmd.args(["-u", "nobody"]);
+    }
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start memcached");
+    wait_for_port(port, "memcached", &mut child);
+    Proc { child, port }
+}
+
+/// A redis-server with no persistence.
+pub fn redis_server() -> Proc {
+    let bin = require("redis-server", "redis-server");
+    let port = free_port();
+    let mut child = Command::new(bin)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start redis-server");
+    wait_for_port(port, "redis-server", &mut child);
+    Proc { child, port }
+}
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh scratch directory for this test process.
+pub fn scratch_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "legate-test-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// legate running on a config; `port` is the first pool's listen port.
+pub struct Legate {
+    pub proc: Proc,
+    pub config: PathBuf,
+}
+
+/// A pool section for `servers` (each `127.0.0.1:port`), listening on `port`.
+pub fn pool_yaml(name: &str, port: u16, redis: bool, servers: &[u16], extra: &str) -> String {
+    let mut y = format!(
+        "{name}:\n  listen: 127.0.0.1:{port}\n  hash: md5\n  distribution: ketama\n  redis: {redis}\n{extra}  servers:\n"
+    );
+    for s in servers {
+        y += &format!("    - 127.0.0.1:{s}:1\n");
+    }
+    y
+}
+
+/// Start legate on `yaml`; waits for `port` to accept.
+pub fn legate(yaml: &str, port: u16) -> Legate {
+    let dir = scratch_dir();
+    let config = dir.join("legate.yml");
+    std::fs::write(&config, yaml).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_legate"))
+        .arg("-c")
+        .arg(&config)
+        .arg("--workers")
+        .arg("2")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start legate");
+    wait_for_port(port, "legate", &mut child);
+    Legate {
+        proc: Proc { child, port },
+        config,
+    }
+}
+
+/// nutcracker (twemproxy) on `yaml`, listening on `port`.
+pub fn nutcracker(yaml: &str, port: u16) -> Proc {
+    let bin = require("nutcracker", "nutcracker");
+    let dir = scratch_dir();
+    let config = dir.join("nutcracker.yml");
+    std::fs::write(&config, yaml).unwrap();
+    let stats = free_port();
+    let mut child = Command::new(bin)
+        .arg("-c")
+        .arg(&config)
+        .args(["-s", &stats.to_string(), "-o", "/dev/null"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nutcracker");
+    wait_for_port(port, "nutcracker", &mut child);
+    Proc { child, port }
+}
+
+/// A blocking client that sends raw bytes and reads exact replies.
+pub struct Client {
+    pub r: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(port: u16) -> Client {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.set_nodelay(true).unwrap();
+        Client {
+            r: BufReader::new(s),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.r.get_mut().write_all(bytes).unwrap();
+    }
+
+    /// One line, with its CRLF.
+    pub fn line(&mut self) -> Vec<u8> {
+        let mut v = Vec::new();
+        self.r.read_until(b'\n', &mut v).unwrap();
+        assert!(
+            v.ends_with(b"\r\n"),
+            "connection closed or bad line: {:?}",
+            String::from_utf8_lossy(&v)
+        );
+        v
+    }
+
+    pub fn exact(&mut self, n: usize) -> Vec<u8> {
+        let mut v = vec![0; n];
+        self.r.read_exact(&mut v).unwrap();
+        v
+    }
+
+    /// Read until `end` has been seen at the end of what was read.
+    pub fn until(&mut self, end: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        while !v.ends_with(end) {
+            let n = self.r.read_until(b'\n', &mut v).unwrap();
+            assert!(
+                n > 0,
+                "connection closed; got {:?}",
+                String::from_utf8_lossy(&v)
+            );
+        }
+        v
+    }
+
+    /// Send and expect exactly `want` back.
+    pub fn expect(&mut self, send: &[u8], want: &[u8]) {
+        self.send(send);
+        let got = self.exact(want.len());
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(want),
+            "reply to {:?}",
+            String::from_utf8_lossy(&send[..send.len().min(200)])
+        );
+    }
+
+    /// True once the peer has closed the connection (after any unread bytes).
+    pub fn closed(&mut self) -> bool {
+        let mut rest = Vec::new();
+        matches!(self.r.read_to_end(&mut rest), Ok(_)) && rest.is_empty()
+    }
+}
+
+/// Run a command, returning stdout; fails the test on a non-zero exit.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}
