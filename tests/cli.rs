@@ -1,0 +1,44 @@
+//! The command line: `legate -t -c FILE` checks a config the way `nutcracker -t` does.
+
+mod common;
+
+use std::process::Command;
+
+fn check(yaml: &str) -> (bool, String) {
+    let dir = common::scratch_dir();
+    let file = dir.join("conf.yml");
+    std::fs::write(&file, yaml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_legate")).arg("-t").arg("-c").arg(&file).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn valid_twemproxy_config_passes() {
+    let (ok, text) = check(include_str!("../config/twemproxy.yml"));
+    assert!(ok, "{text}");
+    assert!(text.contains("syntax is ok"), "{text}");
+}
+
+#[test]
+fn example_config_passes() {
+    let (ok, text) = check(include_str!("../config/example.yml"));
+    assert!(ok, "{text}");
+}
+
+#[test]
+fn errors_name_the_pool_and_key_and_exit_1() {
+    let cases = [
+        ("alpha:\n  listen: 127.0.0.1:1\n  hash: nope\n  servers:\n    - 127.0.0.1:2:1\n", "pool 'alpha', key 'hash'"),
+        ("beta:\n  listen: 127.0.0.1:1\n  bogus: 1\n  servers:\n    - 127.0.0.1:2:1\n", "pool 'beta', key 'bogus'"),
+        ("gamma:\n  listen: 127.0.0.1:1\n  servers:\n    - 127.0.0.1:notaport:1\n", "pool 'gamma', key 'servers'"),
+        ("delta:\n  listen: 127.0.0.1:1\n  distribution: ring\n  servers:\n    - 127.0.0.1:2:1\n", "pool 'delta', key 'distribution'"),
+    ];
+    for (yaml, want) in cases {
+        let (ok, text) = check(yaml);
+        assert!(!ok, "accepted:\n{yaml}");
+        assert!(text.contains(want), "expected {want:?} in: {text}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_legate")).args(["-t", "-c", "/nonexistent/legate.yml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -1,0 +1,302 @@
+//! Redis RESP2 and inline commands through legate to three real redis-servers.
+
+mod common;
+
+use common::{free_port, legate, pool_yaml, redis_server, require, run, Client, Legate, Proc};
+use std::process::Command;
+
+struct Setup {
+    backends: Vec<Proc>,
+    legate: Legate,
+}
+
+fn setup() -> Setup {
+    let backends: Vec<Proc> = (0..3).map(|_| redis_server()).collect();
+    let port = free_port();
+    let ports: Vec<u16> = backends.iter().map(|b| b.port).collect();
+    let legate = legate(&pool_yaml("rd", port, true, &ports, "  hash_tag: \"{}\"\n"), port);
+    Setup { backends, legate }
+}
+
+fn resp(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend(format!("${}\r\n", a.len()).as_bytes());
+        out.extend(*a);
+        out.extend(b"\r\n");
+    }
+    out
+}
+
+fn cmd(line: &str) -> Vec<u8> {
+    let args: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
+    resp(&args)
+}
+
+impl Setup {
+    fn client(&self) -> Client {
+        Client::connect(self.legate.proc.port)
+    }
+    /// DBSIZE of every backend, read directly.
+    fn sizes(&self) -> Vec<u64> {
+        self.backends
+            .iter()
+            .map(|b| {
+                let mut c = Client::connect(b.port);
+                c.send(&cmd("DBSIZE"));
+                let l = String::from_utf8(c.line()).unwrap();
+                l.trim()[1..].parse().unwrap()
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn single_key_command_families() {
+    let s = setup();
+    let mut c = s.client();
+    // strings
+    c.expect(&cmd("SET s hello"), b"+OK\r\n");
+    c.expect(&cmd("GET s"), b"$5\r\nhello\r\n");
+    c.expect(&cmd("APPEND s !"), b":6\r\n");
+    c.expect(&cmd("STRLEN s"), b":6\r\n");
+    c.expect(&cmd("GETRANGE s 0 1"), b"$2\r\nhe\r\n");
+    c.expect(&cmd("INCR n"), b":1\r\n");
+    c.expect(&cmd("INCRBY n 41"), b":42\r\n");
+    c.expect(&cmd("DECR n"), b":41\r\n");
+    c.expect(&cmd("SETNX n 1"), b":0\r\n");
+    c.expect(&cmd("GET missing"), b"$-1\r\n");
+    // hashes
+    c.expect(&cmd("HSET h a 1 b 2"), b":2\r\n");
+    c.expect(&cmd("HGET h b"), b"$1\r\n2\r\n");
+    c.expect(&cmd("HINCRBY h a 9"), b":10\r\n");
+    c.expect(&cmd("HMGET h a b c"), b"*3\r\n$2\r\n10\r\n$1\r\n2\r\n$-1\r\n");
+    c.expect(&cmd("HLEN h"), b":2\r\n");
+    // lists
+    c.expect(&cmd("RPUSH l a b c"), b":3\r\n");
+    c.expect(&cmd("LPUSH l z"), b":4\r\n");
+    c.expect(&cmd("LRANGE l 0 -1"), b"*4\r\n$1\r\nz\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n");
+    c.expect(&cmd("LPOP l"), b"$1\r\nz\r\n");
+    c.expect(&cmd("RPOP l"), b"$1\r\nc\r\n");
+    c.expect(&cmd("LLEN l"), b":2\r\n");
+    // sets
+    c.expect(&cmd("SADD set x y z"), b":3\r\n");
+    c.expect(&cmd("SISMEMBER set y"), b":1\r\n");
+    c.expect(&cmd("SCARD set"), b":3\r\n");
+    // sorted sets
+    c.expect(&cmd("ZADD z 1 one 2 two 3 three"), b":3\r\n");
+    c.expect(&cmd("ZRANGEBYSCORE z 2 3"), b"*2\r\n$3\r\ntwo\r\n$5\r\nthree\r\n");
+    c.expect(&cmd("ZSCORE z two"), b"$1\r\n2\r\n");
+    c.expect(&cmd("ZRANK z three"), b":2\r\n");
+    // hyperloglog, geo, bits
+    c.expect(&cmd("PFADD hll a b c a"), b":1\r\n");
+    c.expect(&cmd("PFCOUNT hll"), b":3\r\n");
+    c.expect(&cmd("GEOADD g 13.361389 38.115556 Palermo 15.087269 37.502669 Catania"), b":2\r\n");
+    c.send(&cmd("GEODIST g Palermo Catania km"));
+    assert!(c.line().starts_with(b"$"));
+    assert!(c.line().starts_with(b"166.27"));
+    c.expect(&cmd("SETBIT bits 7 1"), b":0\r\n");
+    c.expect(&cmd("BITCOUNT bits"), b":1\r\n");
+    // expiry
+    c.expect(&cmd("EXPIRE s 100"), b":1\r\n");
+    c.send(&cmd("TTL s"));
+    let ttl = String::from_utf8(c.line()).unwrap();
+    assert!(ttl.starts_with(':') && ttl.trim()[1..].parse::<i64>().unwrap() > 90, "{ttl}");
+    c.expect(&cmd("PERSIST s"), b":1\r\n");
+    c.expect(&cmd("TTL s"), b":-1\r\n");
+    c.expect(&cmd("TYPE h"), b"+hash\r\n");
+    // scripts routed by their first key
+    c.expect(
+        &resp(&[b"EVAL", b"return redis.call('GET', KEYS[1])", b"1", b"s"]),
+        b"$6\r\nhello!\r\n",
+    );
+    c.send(&resp(&[b"SCRIPT", b"LOAD", b"return 1"]));
+    assert!(c.line().starts_with(b"-ERR unsupported command"));
+    c.expect(&resp(&[b"EVAL", b"return 1", b"0"]), b"-ERR 'eval' without keys cannot be routed: legate needs at least one key\r\n");
+    c.expect(&cmd("GET"), b"-ERR wrong number of arguments for 'get' command\r\n");
+}
+
+#[test]
+fn multi_key_commands_scatter_and_gather_in_key_order() {
+    let s = setup();
+    let mut c = s.client();
+    let mut mset = vec!["MSET".to_string()];
+    for i in 0..50 {
+        mset.push(format!("k{i}"));
+        mset.push(format!("v{i}"));
+    }
+    c.expect(&cmd(&mset.join(" ")), b"+OK\r\n");
+    let sizes = s.sizes();
+    assert_eq!(sizes.iter().sum::<u64>(), 50);
+    assert!(sizes.iter().all(|&n| n > 0), "MSET did not span every shard: {sizes:?}");
+    let keys = ["k49", "nope", "k0", "k7", "k7", "k33", "zip", "k12"];
+    let mut want = format!("*{}\r\n", keys.len());
+    for k in keys {
+        match k.strip_prefix('k') {
+            Some(i) => want += &format!("${}\r\nv{i}\r\n", i.len() + 1),
+            None => want += "$-1\r\n",
+        }
+    }
+    c.expect(&cmd(&format!("MGET {}", keys.join(" "))), want.as_bytes());
+    c.expect(&cmd("EXISTS k1 k2 nope k3 k1"), b":4\r\n");
+    c.expect(&cmd("TOUCH k1 k2 nope"), b":2\r\n");
+    c.expect(&cmd("DEL k1 k2 nope k3"), b":3\r\n");
+    c.expect(&cmd("UNLINK k4 k5 k6 k1"), b":3\r\n");
+    assert_eq!(s.sizes().iter().sum::<u64>(), 44);
+    // Hash tags keep keys together: one shard only.
+    c.expect(&cmd("MSET {u1}:a 1 {u1}:b 2 {u1}:c 3"), b"+OK\r\n");
+    c.expect(&cmd("MGET {u1}:a {u1}:c"), b"*2\r\n$1\r\n1\r\n$1\r\n3\r\n");
+    c.expect(&cmd("MSET odd"), b"-ERR wrong number of arguments for 'mset' command\r\n");
+    // An error from a shard is the reply, not a merged count.
+    c.expect(&cmd("HSET wrongtype f v"), b":1\r\n");
+    c.send(&cmd("MGET wrongtype k9"));
+    assert_eq!(c.line(), b"*2\r\n");
+}
+
+#[test]
+fn proxy_answers_ping_echo_select_command_and_quit() {
+    let s = setup();
+    let mut c = s.client();
+    c.expect(&cmd("PING"), b"+PONG\r\n");
+    c.expect(&cmd("PING hi"), b"$2\r\nhi\r\n");
+    c.expect(&cmd("ECHO hello"), b"$5\r\nhello\r\n");
+    c.expect(&cmd("SELECT 0"), b"+OK\r\n");
+    c.send(&cmd("SELECT 1"));
+    assert!(c.line().starts_with(b"-ERR "));
+    c.expect(&cmd("COMMAND"), b"*0\r\n");
+    c.expect(&cmd("QUIT"), b"+OK\r\n");
+    assert!(c.closed());
+}
+
+#[test]
+fn unsupported_commands_answer_an_error_and_keep_the_connection() {
+    let s = setup();
+    let mut c = s.client();
+    for name in ["KEYS *", "SCAN 0", "FLUSHALL", "FLUSHDB", "RANDOMKEY", "MULTI", "EXEC", "WATCH k", "BLPOP l 0",
+        "SUBSCRIBE ch", "CONFIG GET save", "INFO", "NOSUCHCOMMAND x"]
+    {
+        c.send(&cmd(name));
+        let line = String::from_utf8(c.line()).unwrap();
+        assert!(line.starts_with("-ERR unsupported command"), "{name}: {line}");
+    }
+    c.expect(&cmd("SET after ok"), b"+OK\r\n");
+    c.expect(&cmd("GET after"), b"$2\r\nok\r\n");
+}
+
+#[test]
+fn inline_commands_and_protocol_errors() {
+    let s = setup();
+    let mut c = s.client();
+    c.expect(b"SET inl \"two words\"\r\n", b"+OK\r\n");
+    c.expect(b"GET inl\r\n", b"$9\r\ntwo words\r\n");
+    c.expect(b"\r\n\r\nPING\r\n", b"+PONG\r\n");
+    c.expect(b"MGET inl x\n", b"*2\r\n$9\r\ntwo words\r\n$-1\r\n");
+    // Malformed RESP cannot be resynchronised: an error, then the connection closes.
+    c.send(b"*1\r\n$x\r\n");
+    assert!(c.line().starts_with(b"-ERR Protocol error"));
+    assert!(c.closed());
+    let mut other = s.client();
+    other.expect(&cmd("GET inl"), b"$9\r\ntwo words\r\n");
+}
+
+#[test]
+fn binary_keys_and_values_and_big_values() {
+    let s = setup();
+    let mut c = s.client();
+    let key: Vec<u8> = (0..=255u8).collect();
+    let val: Vec<u8> = (0..=255u8).rev().chain([b'\r', b'\n', 0]).collect();
+    c.expect(&resp(&[b"SET", &key, &val]), b"+OK\r\n");
+    c.expect(&resp(&[b"GET", &key]), &[format!("${}\r\n", val.len()).as_bytes(), &val, b"\r\n"].concat());
+    for size in [1 << 20, 16 << 20] {
+        let v: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
+        let k = format!("big{size}");
+        c.expect(&resp(&[b"SET", k.as_bytes(), &v]), b"+OK\r\n");
+        c.send(&resp(&[b"MGET", k.as_bytes(), &key]));
+        assert_eq!(c.line(), b"*2\r\n");
+        assert_eq!(c.line(), format!("${size}\r\n").as_bytes());
+        assert!(c.exact(size) == v, "{size}-byte value changed");
+        assert_eq!(c.exact(2), b"\r\n");
+        assert_eq!(c.line(), format!("${}\r\n", val.len()).as_bytes());
+        assert_eq!(c.exact(val.len() + 2), [&val[..], b"\r\n"].concat());
+    }
+}
+
+#[test]
+fn a_thousand_pipelined_commands_in_one_burst() {
+    let s = setup();
+    let mut c = s.client();
+    let mut burst = Vec::new();
+    for i in 0..1000 {
+        burst.extend(cmd(&format!("SET p{i} {i}")));
+        burst.extend(cmd(&format!("INCR p{i}")));
+        burst.extend(cmd(&format!("MGET p{i} p{}", (i + 1) % 1000)));
+    }
+    c.send(&burst);
+    for i in 0..1000 {
+        assert_eq!(c.line(), b"+OK\r\n");
+        assert_eq!(c.line(), format!(":{}\r\n", i + 1).as_bytes());
+        assert_eq!(c.line(), b"*2\r\n");
+        let v = (i + 1).to_string();
+        assert_eq!(c.line(), format!("${}\r\n", v.len()).as_bytes());
+        assert_eq!(c.line(), format!("{v}\r\n").as_bytes());
+        let next = c.line();
+        if next != b"$-1\r\n" {
+            c.line();
+        }
+    }
+}
+
+#[test]
+fn many_concurrent_clients_each_see_only_their_values() {
+    let s = setup();
+    let port = s.legate.proc.port;
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(port);
+                for round in 0..100 {
+                    let v = format!("t{t}r{round}");
+                    c.expect(&cmd(&format!("SET c{t}:{} {v}", round % 10)), b"+OK\r\n");
+                    c.expect(
+                        &cmd(&format!("MGET c{t}:{} c{t}:none", round % 10)),
+                        format!("*2\r\n${}\r\n{v}\r\n$-1\r\n", v.len()).as_bytes(),
+                    );
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn redis_cli_works_through_legate() {
+    let s = setup();
+    let cli = require("redis-cli", "redis-tools");
+    let port = s.legate.proc.port.to_string();
+    let out = run(Command::new(&cli).args(["-p", &port, "SET", "cli", "v"]));
+    assert_eq!(out.trim(), "OK");
+    let out = run(Command::new(&cli).args(["-p", &port, "MGET", "cli", "none"]));
+    assert_eq!(out, "v\n\n");
+}
+
+#[test]
+fn redis_benchmark_runs_through_legate_without_errors() {
+    let s = setup();
+    let bench = require("redis-benchmark", "redis-tools");
+    let port = s.legate.proc.port.to_string();
+    let out = run(Command::new(bench).args([
+        "-p", &port, "-t", "set,get,incr,lpush,lpop,mset", "-P", "16", "-n", "20000", "-c", "20", "-q", "-r",
+        "10000",
+    ]));
+    for t in ["SET", "GET", "INCR", "LPUSH", "LPOP", "MSET"] {
+        assert!(
+            out.split(['\r', '\n']).any(|l| l.trim().starts_with(&format!("{t}")) && l.contains("requests per second")),
+            "no {t} result in:\n{out}"
+        );
+    }
+    assert!(!out.to_lowercase().contains("error"), "redis-benchmark reported errors:\n{out}");
+    // The keys really went through to the shards.
+    assert!(s.sizes().iter().all(|&n| n > 0));
+}
