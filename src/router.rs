@@ -61,11 +61,14 @@ pub fn error_reply(protocol: Protocol, msg: &str) -> Bytes {
     }
 }
 
+/// One server's share of a split request: the server and the indexes of its keys.
+type Part = (usize, Vec<u32>);
+
 /// Split `keys` (indexes into a key list) by server: returns, per part, the server and the key
 /// indexes, and per key its part.
-fn group_by_server(topo: &Topology, keys: &[&[u8]]) -> Option<(Vec<(usize, Vec<u32>)>, Vec<u32>)> {
+fn group_by_server(topo: &Topology, keys: &[&[u8]]) -> Option<(Vec<Part>, Vec<u32>)> {
     let mut part_of_server = vec![u32::MAX; topo.servers.len()];
-    let mut parts: Vec<(usize, Vec<u32>)> = Vec::new();
+    let mut parts: Vec<Part> = Vec::new();
     let mut part_of_key = Vec::with_capacity(keys.len());
     for (i, key) in keys.iter().enumerate() {
         let s = topo.server_for(key)?;
@@ -299,7 +302,7 @@ pub async fn redis(topo: &Topology, frame: Bytes, req: &redis::Request) -> Slot 
             send_one(topo, server, smallvec![resp_frame(frame, req)], Framing::Redis).await
         }
         CommandKind::Multi { merge, step } => {
-            if argc < 2 || (argc - 1) % step != 0 {
+            if argc < 2 || !(argc - 1).is_multiple_of(step) {
                 return wrong_args(name);
             }
             let keys: Vec<&[u8]> = (1..argc).step_by(step).map(|i| &frame[args[i].clone()]).collect();

@@ -8,8 +8,14 @@ fn check(yaml: &str) -> (bool, String) {
     let dir = common::scratch_dir();
     let file = dir.join("conf.yml");
     std::fs::write(&file, yaml).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_legate")).arg("-t").arg("-c").arg(&file).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let out = Command::new(env!("CARGO_BIN_EXE_legate"))
+        .arg("-t")
+        .arg("-c")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -39,6 +45,9 @@ fn errors_name_the_pool_and_key_and_exit_1() {
         assert!(!ok, "accepted:\n{yaml}");
         assert!(text.contains(want), "expected {want:?} in: {text}");
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_legate")).args(["-t", "-c", "/nonexistent/legate.yml"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_legate"))
+        .args(["-t", "-c", "/nonexistent/legate.yml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }

@@ -14,7 +14,10 @@ fn setup() -> Setup {
     let backends: Vec<Proc> = (0..3).map(|_| redis_server()).collect();
     let port = free_port();
     let ports: Vec<u16> = backends.iter().map(|b| b.port).collect();
-    let legate = legate(&pool_yaml("rd", port, true, &ports, "  hash_tag: \"{}\"\n"), port);
+    let legate = legate(
+        &pool_yaml("rd", port, true, &ports, "  hash_tag: \"{}\"\n"),
+        port,
+    );
     Setup { backends, legate }
 }
 
@@ -70,12 +73,18 @@ fn single_key_command_families() {
     c.expect(&cmd("HSET h a 1 b 2"), b":2\r\n");
     c.expect(&cmd("HGET h b"), b"$1\r\n2\r\n");
     c.expect(&cmd("HINCRBY h a 9"), b":10\r\n");
-    c.expect(&cmd("HMGET h a b c"), b"*3\r\n$2\r\n10\r\n$1\r\n2\r\n$-1\r\n");
+    c.expect(
+        &cmd("HMGET h a b c"),
+        b"*3\r\n$2\r\n10\r\n$1\r\n2\r\n$-1\r\n",
+    );
     c.expect(&cmd("HLEN h"), b":2\r\n");
     // lists
     c.expect(&cmd("RPUSH l a b c"), b":3\r\n");
     c.expect(&cmd("LPUSH l z"), b":4\r\n");
-    c.expect(&cmd("LRANGE l 0 -1"), b"*4\r\n$1\r\nz\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n");
+    c.expect(
+        &cmd("LRANGE l 0 -1"),
+        b"*4\r\n$1\r\nz\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n",
+    );
     c.expect(&cmd("LPOP l"), b"$1\r\nz\r\n");
     c.expect(&cmd("RPOP l"), b"$1\r\nc\r\n");
     c.expect(&cmd("LLEN l"), b":2\r\n");
@@ -85,13 +94,19 @@ fn single_key_command_families() {
     c.expect(&cmd("SCARD set"), b":3\r\n");
     // sorted sets
     c.expect(&cmd("ZADD z 1 one 2 two 3 three"), b":3\r\n");
-    c.expect(&cmd("ZRANGEBYSCORE z 2 3"), b"*2\r\n$3\r\ntwo\r\n$5\r\nthree\r\n");
+    c.expect(
+        &cmd("ZRANGEBYSCORE z 2 3"),
+        b"*2\r\n$3\r\ntwo\r\n$5\r\nthree\r\n",
+    );
     c.expect(&cmd("ZSCORE z two"), b"$1\r\n2\r\n");
     c.expect(&cmd("ZRANK z three"), b":2\r\n");
     // hyperloglog, geo, bits
     c.expect(&cmd("PFADD hll a b c a"), b":1\r\n");
     c.expect(&cmd("PFCOUNT hll"), b":3\r\n");
-    c.expect(&cmd("GEOADD g 13.361389 38.115556 Palermo 15.087269 37.502669 Catania"), b":2\r\n");
+    c.expect(
+        &cmd("GEOADD g 13.361389 38.115556 Palermo 15.087269 37.502669 Catania"),
+        b":2\r\n",
+    );
     c.send(&cmd("GEODIST g Palermo Catania km"));
     assert!(c.line().starts_with(b"$"));
     assert!(c.line().starts_with(b"166.27"));
@@ -101,7 +116,10 @@ fn single_key_command_families() {
     c.expect(&cmd("EXPIRE s 100"), b":1\r\n");
     c.send(&cmd("TTL s"));
     let ttl = String::from_utf8(c.line()).unwrap();
-    assert!(ttl.starts_with(':') && ttl.trim()[1..].parse::<i64>().unwrap() > 90, "{ttl}");
+    assert!(
+        ttl.starts_with(':') && ttl.trim()[1..].parse::<i64>().unwrap() > 90,
+        "{ttl}"
+    );
     c.expect(&cmd("PERSIST s"), b":1\r\n");
     c.expect(&cmd("TTL s"), b":-1\r\n");
     c.expect(&cmd("TYPE h"), b"+hash\r\n");
@@ -112,8 +130,14 @@ fn single_key_command_families() {
     );
     c.send(&resp(&[b"SCRIPT", b"LOAD", b"return 1"]));
     assert!(c.line().starts_with(b"-ERR unsupported command"));
-    c.expect(&resp(&[b"EVAL", b"return 1", b"0"]), b"-ERR 'eval' without keys cannot be routed: legate needs at least one key\r\n");
-    c.expect(&cmd("GET"), b"-ERR wrong number of arguments for 'get' command\r\n");
+    c.expect(
+        &resp(&[b"EVAL", b"return 1", b"0"]),
+        b"-ERR 'eval' without keys cannot be routed: legate needs at least one key\r\n",
+    );
+    c.expect(
+        &cmd("GET"),
+        b"-ERR wrong number of arguments for 'get' command\r\n",
+    );
 }
 
 #[test]
@@ -128,7 +152,10 @@ fn multi_key_commands_scatter_and_gather_in_key_order() {
     c.expect(&cmd(&mset.join(" ")), b"+OK\r\n");
     let sizes = s.sizes();
     assert_eq!(sizes.iter().sum::<u64>(), 50);
-    assert!(sizes.iter().all(|&n| n > 0), "MSET did not span every shard: {sizes:?}");
+    assert!(
+        sizes.iter().all(|&n| n > 0),
+        "MSET did not span every shard: {sizes:?}"
+    );
     let keys = ["k49", "nope", "k0", "k7", "k7", "k33", "zip", "k12"];
     let mut want = format!("*{}\r\n", keys.len());
     for k in keys {
@@ -146,7 +173,10 @@ fn multi_key_commands_scatter_and_gather_in_key_order() {
     // Hash tags keep keys together: one shard only.
     c.expect(&cmd("MSET {u1}:a 1 {u1}:b 2 {u1}:c 3"), b"+OK\r\n");
     c.expect(&cmd("MGET {u1}:a {u1}:c"), b"*2\r\n$1\r\n1\r\n$1\r\n3\r\n");
-    c.expect(&cmd("MSET odd"), b"-ERR wrong number of arguments for 'mset' command\r\n");
+    c.expect(
+        &cmd("MSET odd"),
+        b"-ERR wrong number of arguments for 'mset' command\r\n",
+    );
     // An error from a shard is the reply, not a merged count.
     c.expect(&cmd("HSET wrongtype f v"), b":1\r\n");
     c.send(&cmd("MGET wrongtype k9"));
@@ -172,12 +202,27 @@ fn proxy_answers_ping_echo_select_command_and_quit() {
 fn unsupported_commands_answer_an_error_and_keep_the_connection() {
     let s = setup();
     let mut c = s.client();
-    for name in ["KEYS *", "SCAN 0", "FLUSHALL", "FLUSHDB", "RANDOMKEY", "MULTI", "EXEC", "WATCH k", "BLPOP l 0",
-        "SUBSCRIBE ch", "CONFIG GET save", "INFO", "NOSUCHCOMMAND x"]
-    {
+    for name in [
+        "KEYS *",
+        "SCAN 0",
+        "FLUSHALL",
+        "FLUSHDB",
+        "RANDOMKEY",
+        "MULTI",
+        "EXEC",
+        "WATCH k",
+        "BLPOP l 0",
+        "SUBSCRIBE ch",
+        "CONFIG GET save",
+        "INFO",
+        "NOSUCHCOMMAND x",
+    ] {
         c.send(&cmd(name));
         let line = String::from_utf8(c.line()).unwrap();
-        assert!(line.starts_with("-ERR unsupported command"), "{name}: {line}");
+        assert!(
+            line.starts_with("-ERR unsupported command"),
+            "{name}: {line}"
+        );
     }
     c.expect(&cmd("SET after ok"), b"+OK\r\n");
     c.expect(&cmd("GET after"), b"$2\r\nok\r\n");
@@ -206,7 +251,10 @@ fn binary_keys_and_values_and_big_values() {
     let key: Vec<u8> = (0..=255u8).collect();
     let val: Vec<u8> = (0..=255u8).rev().chain([b'\r', b'\n', 0]).collect();
     c.expect(&resp(&[b"SET", &key, &val]), b"+OK\r\n");
-    c.expect(&resp(&[b"GET", &key]), &[format!("${}\r\n", val.len()).as_bytes(), &val, b"\r\n"].concat());
+    c.expect(
+        &resp(&[b"GET", &key]),
+        &[format!("${}\r\n", val.len()).as_bytes(), &val, b"\r\n"].concat(),
+    );
     for size in [1 << 20, 16 << 20] {
         let v: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
         let k = format!("big{size}");
@@ -287,7 +335,18 @@ fn redis_benchmark_runs_through_legate_without_errors() {
     let bench = require("redis-benchmark", "redis-tools");
     let port = s.legate.proc.port.to_string();
     let out = run(Command::new(bench).args([
-        "-p", &port, "-t", "set,get,incr,lpush,lpop,mset", "-P", "16", "-n", "20000", "-c", "20", "-q", "-r",
+        "-p",
+        &port,
+        "-t",
+        "set,get,incr,lpush,lpop,mset",
+        "-P",
+        "16",
+        "-n",
+        "20000",
+        "-c",
+        "20",
+        "-q",
+        "-r",
         "10000",
     ]));
     for t in ["SET", "GET", "INCR", "LPUSH", "LPOP", "MSET"] {
@@ -296,7 +355,10 @@ fn redis_benchmark_runs_through_legate_without_errors() {
             "no {t} result in:\n{out}"
         );
     }
-    assert!(!out.to_lowercase().contains("error"), "redis-benchmark reported errors:\n{out}");
+    assert!(
+        !out.to_lowercase().contains("error"),
+        "redis-benchmark reported errors:\n{out}"
+    );
     // The keys really went through to the shards.
     assert!(s.sizes().iter().all(|&n| n > 0));
 }

@@ -363,7 +363,7 @@ fn jenkins(key: &[u8]) -> u32 {
 
 /// The part of `key` that is hashed: the bytes between the first `tag[0]` and the next `tag[1]`,
 /// when that span is non-empty; otherwise the whole key.
-pub fn hash_tag_span<'k>(key: &'k [u8], tag: Option<[u8; 2]>) -> &'k [u8] {
+pub fn hash_tag_span(key: &[u8], tag: Option<[u8; 2]>) -> &[u8] {
     let Some([open, close]) = tag else {
         return key;
     };

@@ -264,7 +264,7 @@ impl Client {
     /// True once the peer has closed the connection (after any unread bytes).
     pub fn closed(&mut self) -> bool {
         let mut rest = Vec::new();
-        matches!(self.r.read_to_end(&mut rest), Ok(_)) && rest.is_empty()
+        self.r.read_to_end(&mut rest).is_ok() && rest.is_empty()
     }
 }
 
