@@ -351,7 +351,8 @@ fn redis_benchmark_runs_through_legate_without_errors() {
     ]));
     for t in ["SET", "GET", "INCR", "LPUSH", "LPOP", "MSET"] {
         assert!(
-            out.split(['\r', '\n']).any(|l| l.trim().starts_with(&format!("{t}")) && l.contains("requests per second")),
+            out.split(['\r', '\n'])
+                .any(|l| l.trim().starts_with(t) && l.contains("requests per second")),
             "no {t} result in:\n{out}"
         );
     }
