@@ -8,55 +8,77 @@
 //! - [`router`]: a parsed request -> the server(s) it goes to, split and merged when needed.
 //! - [`server`]: listeners and client sessions (parse, route, reply in order).
 //! - [`upstream`]: pipelined connections to the backend servers.
+//! - [`reload`]: the running pools; config reloads (file watch, SIGHUP) and draining.
 
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod hash;
 pub mod protocol;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod topology;
 pub mod upstream;
 
-use anyhow::Context;
-use arc_swap::ArcSwap;
 use std::future::Future;
-use std::sync::Arc;
 
-/// Bind every pool's listener, start its servers, and serve until `shutdown` resolves.
+pub use reload::Options;
+
+/// Serve `config` until `shutdown` resolves, without reloading.
+///
+/// # Errors
+/// A listener cannot be bound.
+pub async fn run(config: config::Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    run_with(config, Options::default(), shutdown).await
+}
+
+/// Bind every pool's listener, start its servers, reload on SIGHUP and file changes (when
+/// `options` names the file), and serve until `shutdown` resolves; then drain.
 ///
 /// Listeners are bound before anything is served, so a port already in use fails the start
 /// with the pool's name rather than leaving half the pools up.
 ///
 /// # Errors
 /// A listener cannot be bound.
-pub async fn run(config: config::Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run_with(
+    config: config::Config,
+    options: Options,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
     router::mark_start();
-    let mut bound = Vec::with_capacity(config.pools.len());
-    for pool in &config.pools {
-        let listener = server::Listener::bind(pool)
-            .with_context(|| format!("pool '{}': cannot listen on {}", pool.name, pool.listen))?;
-        bound.push((pool, listener));
+    let mut pools = reload::Pools::start(&config)?;
+    let (tx, mut triggers) = tokio::sync::mpsc::unbounded_channel();
+    let _watcher = match (&options.config_path, options.watch) {
+        (Some(path), true) => match reload::watch_file(path, tx.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!("cannot watch {}: {e}; reload with SIGHUP", path.display());
+                None
+            }
+        },
+        _ => None,
+    };
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut last_text = match &options.config_path {
+        Some(p) => std::fs::read_to_string(p).unwrap_or_default(),
+        None => String::new(),
+    };
+    tokio::pin!(shutdown);
+    loop {
+        let trigger = tokio::select! {
+            _ = &mut shutdown => break,
+            _ = hup.recv() => reload::Trigger::Signal,
+            Some(t) = triggers.recv() => t,
+        };
+        match &options.config_path {
+            Some(path) => reload::reload(&mut pools, path, &mut last_text, trigger).await,
+            None => tracing::warn!("reload asked for, but no config file is known"),
+        }
     }
-    for (pool, listener) in bound {
-        let topo: topology::SharedTopology =
-            Arc::new(ArcSwap::from_pointee(topology::Topology::start(pool)));
-        tracing::info!(
-            "pool {} listening on {} ({}, {} servers)",
-            pool.name,
-            listener.local_addr(),
-            pool.protocol.name(),
-            pool.servers.len()
-        );
-        tokio::spawn(server::accept_loop(
-            listener,
-            topo,
-            pool.protocol,
-            pool.client_connections,
-        ));
-    }
-    shutdown.await;
-    tracing::info!("shutting down");
+    tracing::info!("shutting down: draining clients (at most {:?})", options.drain_timeout);
+    pools.drain(options.drain_timeout).await;
+    tracing::info!("stopped");
     Ok(())
 }

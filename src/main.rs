@@ -17,6 +17,12 @@ struct Args {
     /// Worker threads (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
+    /// Do not watch the config file for changes (SIGHUP still reloads it).
+    #[arg(long)]
+    no_watch: bool,
+    /// On SIGTERM/SIGINT, how long to let in-flight requests finish, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    drain_timeout: f64,
     /// Log filter (tracing syntax, e.g. `info`, `legate=debug`); RUST_LOG also works.
     #[arg(long, default_value = "info")]
     log: String,
@@ -42,10 +48,7 @@ fn main() -> ExitCode {
         }
     };
     if args.test {
-        println!(
-            "legate: configuration file '{}' syntax is ok",
-            args.conf.display()
-        );
+        println!("legate: configuration file '{}' syntax is ok", args.conf.display());
         return ExitCode::SUCCESS;
     }
 
@@ -61,7 +64,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = rt.block_on(legate::run(config, shutdown_signal()));
+    let options = legate::Options {
+        config_path: Some(args.conf.clone()),
+        watch: !args.no_watch,
+        drain_timeout: std::time::Duration::from_secs_f64(args.drain_timeout.max(0.0)),
+    };
+    let result = rt.block_on(legate::run_with(config, options, shutdown_signal()));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -71,13 +79,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
+/// Resolves on SIGTERM or SIGINT; a second one exits at once.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         eprintln!("legate: cannot install signal handlers");
         return;
     };
@@ -85,4 +90,12 @@ async fn shutdown_signal() {
         _ = term.recv() => {},
         _ = int.recv() => {},
     }
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        eprintln!("legate: second signal, exiting without draining");
+        std::process::exit(1);
+    });
 }

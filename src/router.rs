@@ -37,10 +37,7 @@ pub struct Gather {
 #[derive(Debug)]
 pub enum GatherMerge {
     /// memcache get/gets/gat/gats: VALUE blocks in request key order, then one END.
-    McValues {
-        keys: Vec<Bytes>,
-        part_of_key: Vec<u32>,
-    },
+    McValues { keys: Vec<Bytes>, part_of_key: Vec<u32> },
     /// memcache flush_all: OK when every server said OK.
     McAllOk,
     /// Redis MGET / DEL-like / MSET.
@@ -83,23 +80,13 @@ fn group_by_server(topo: &Topology, keys: &[&[u8]]) -> Option<(Vec<Part>, Vec<u3
     Some((parts, part_of_key))
 }
 
-async fn send_one(
-    topo: &Topology,
-    server: usize,
-    parts: SmallVec<[Bytes; 2]>,
-    framing: Framing,
-) -> Slot {
+async fn send_one(topo: &Topology, server: usize, parts: SmallVec<[Bytes; 2]>, framing: Framing) -> Slot {
     let (job, rx) = Job::new(parts, framing);
     topo.servers[server].send(job).await;
     Slot::One(rx)
 }
 
-async fn send_gather(
-    topo: &Topology,
-    requests: Vec<(usize, Bytes)>,
-    framing: Framing,
-    merge: GatherMerge,
-) -> Slot {
+async fn send_gather(topo: &Topology, requests: Vec<(usize, Bytes)>, framing: Framing, merge: GatherMerge) -> Slot {
     let mut parts = Vec::with_capacity(requests.len());
     for (server, bytes) in requests {
         let (job, rx) = Job::new(smallvec![bytes], framing);
@@ -140,15 +127,7 @@ pub async fn memcache(topo: &Topology, frame: Bytes, req: &memcache::Request) ->
                 })
                 .collect();
             let keys = req.keys.iter().map(|r| frame.slice(r.clone())).collect();
-            Some(
-                send_gather(
-                    topo,
-                    requests,
-                    framing,
-                    GatherMerge::McValues { keys, part_of_key },
-                )
-                .await,
-            )
+            Some(send_gather(topo, requests, framing, GatherMerge::McValues { keys, part_of_key }).await)
         }
         Command::MetaNoop => Some(Slot::Ready(Bytes::from_static(b"MN\r\n"))),
         Command::Version => Some(Slot::Ready(Bytes::from(format!(
@@ -170,16 +149,13 @@ pub async fn memcache(topo: &Topology, frame: Bytes, req: &memcache::Request) ->
                 }
                 return None;
             }
-            let requests = (0..topo.servers.len())
-                .map(|s| (s, frame.clone()))
-                .collect();
+            let requests = (0..topo.servers.len()).map(|s| (s, frame.clone())).collect();
             Some(send_gather(topo, requests, framing, GatherMerge::McAllOk).await)
         }
         _ => {
             let key = &frame[req.keys[0].clone()];
             let Some(server) = topo.server_for(key) else {
-                return (!req.noreply)
-                    .then(|| Slot::Ready(error_reply(Protocol::Memcache, NO_SERVER)));
+                return (!req.noreply).then(|| Slot::Ready(error_reply(Protocol::Memcache, NO_SERVER)));
             };
             if req.noreply {
                 topo.servers[server]
@@ -214,10 +190,7 @@ fn proxy_stats() -> Bytes {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let uptime = STARTED
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_secs();
+    let uptime = STARTED.get_or_init(std::time::Instant::now).elapsed().as_secs();
     Bytes::from(format!(
         "STAT pid {}\r\nSTAT uptime {uptime}\r\nSTAT time {now}\r\nSTAT version legate-{}\r\nSTAT pointer_size {}\r\nEND\r\n",
         std::process::id(),
@@ -325,7 +298,13 @@ pub async fn redis(topo: &Topology, frame: Bytes, req: &redis::Request) -> Slot 
                     (*server, b.freeze())
                 })
                 .collect();
-            send_gather(topo, requests, Framing::Redis, GatherMerge::Redis { merge, part_of_key }).await
+            send_gather(
+                topo,
+                requests,
+                Framing::Redis,
+                GatherMerge::Redis { merge, part_of_key },
+            )
+            .await
         }
         CommandKind::Ping => match argc {
             1 => Slot::Ready(Bytes::from_static(b"+PONG\r\n")),
@@ -339,7 +318,9 @@ pub async fn redis(topo: &Topology, frame: Bytes, req: &redis::Request) -> Slot 
         CommandKind::Quit => Slot::Close(Bytes::from_static(b"+OK\r\n")),
         CommandKind::Select => match argc {
             2 if &frame[args[1].clone()] == b"0" => Slot::Ready(Bytes::from_static(b"+OK\r\n")),
-            2 => redis_error("legate serves database 0 only (set redis_db in the pool to choose the backend database)".into()),
+            2 => redis_error(
+                "legate serves database 0 only (set redis_db in the pool to choose the backend database)".into(),
+            ),
             _ => wrong_args(name),
         },
         CommandKind::Command => Slot::Ready(Bytes::from_static(b"*0\r\n")),
@@ -403,11 +384,7 @@ pub fn merge(merge: &GatherMerge, replies: &[Bytes]) -> Bytes {
                             .and_then(crate::protocol::parse_i64);
                         match n {
                             Some(n) => sum = sum.saturating_add(n),
-                            None => {
-                                return Bytes::from_static(
-                                    b"-ERR unexpected reply from a shard\r\n",
-                                )
-                            }
+                            None => return Bytes::from_static(b"-ERR unexpected reply from a shard\r\n"),
                         }
                     }
                     let mut b = BytesMut::with_capacity(24);
@@ -422,11 +399,7 @@ pub fn merge(merge: &GatherMerge, replies: &[Bytes]) -> Bytes {
                     for r in replies {
                         match redis::array_elements(r) {
                             Some(e) => elems.push(e),
-                            None => {
-                                return Bytes::from_static(
-                                    b"-ERR unexpected reply from a shard\r\n",
-                                )
-                            }
+                            None => return Bytes::from_static(b"-ERR unexpected reply from a shard\r\n"),
                         }
                         total += r.len();
                     }
@@ -439,9 +412,7 @@ pub fn merge(merge: &GatherMerge, replies: &[Bytes]) -> Bytes {
                         let p = p as usize;
                         match elems[p].get(next[p]) {
                             Some(range) => out.put_slice(&replies[p][range.clone()]),
-                            None => {
-                                return Bytes::from_static(b"-ERR a shard sent too few replies\r\n")
-                            }
+                            None => return Bytes::from_static(b"-ERR a shard sent too few replies\r\n"),
                         }
                         next[p] += 1;
                     }

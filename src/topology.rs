@@ -21,6 +21,12 @@ pub struct Topology {
 impl Topology {
     /// Build the ring and start the server connections. Must run inside a Tokio runtime.
     pub fn start(pool: &PoolConfig) -> Topology {
+        Topology::rebuild(pool, None)
+    }
+
+    /// Build a pool's topology, keeping the connections of every server of `old` that is still
+    /// in the pool with the same address and connection settings.
+    pub fn rebuild(pool: &PoolConfig, old: Option<&Topology>) -> Topology {
         let ring_servers: Vec<RingServer<'_>> = pool
             .servers
             .iter()
@@ -34,7 +40,15 @@ impl Topology {
         let servers = pool
             .servers
             .iter()
-            .map(|s| Server::start(pool, s))
+            .map(|s| {
+                old.and_then(|o| {
+                    o.servers
+                        .iter()
+                        .find(|k| k.addr == s.addr && k.same_connections(pool, s))
+                })
+                .cloned()
+                .unwrap_or_else(|| Server::start(pool, s))
+            })
             .collect();
         Topology {
             pool: pool.clone(),

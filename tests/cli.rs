@@ -14,8 +14,7 @@ fn check(yaml: &str) -> (bool, String) {
         .arg(&file)
         .output()
         .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -35,10 +34,22 @@ fn example_config_passes() {
 #[test]
 fn errors_name_the_pool_and_key_and_exit_1() {
     let cases = [
-        ("alpha:\n  listen: 127.0.0.1:1\n  hash: nope\n  servers:\n    - 127.0.0.1:2:1\n", "pool 'alpha', key 'hash'"),
-        ("beta:\n  listen: 127.0.0.1:1\n  bogus: 1\n  servers:\n    - 127.0.0.1:2:1\n", "pool 'beta', key 'bogus'"),
-        ("gamma:\n  listen: 127.0.0.1:1\n  servers:\n    - 127.0.0.1:notaport:1\n", "pool 'gamma', key 'servers'"),
-        ("delta:\n  listen: 127.0.0.1:1\n  distribution: ring\n  servers:\n    - 127.0.0.1:2:1\n", "pool 'delta', key 'distribution'"),
+        (
+            "alpha:\n  listen: 127.0.0.1:1\n  hash: nope\n  servers:\n    - 127.0.0.1:2:1\n",
+            "pool 'alpha', key 'hash'",
+        ),
+        (
+            "beta:\n  listen: 127.0.0.1:1\n  bogus: 1\n  servers:\n    - 127.0.0.1:2:1\n",
+            "pool 'beta', key 'bogus'",
+        ),
+        (
+            "gamma:\n  listen: 127.0.0.1:1\n  servers:\n    - 127.0.0.1:notaport:1\n",
+            "pool 'gamma', key 'servers'",
+        ),
+        (
+            "delta:\n  listen: 127.0.0.1:1\n  distribution: ring\n  servers:\n    - 127.0.0.1:2:1\n",
+            "pool 'delta', key 'distribution'",
+        ),
     ];
     for (yaml, want) in cases {
         let (ok, text) = check(yaml);

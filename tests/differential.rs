@@ -27,11 +27,7 @@ fn keys() -> Vec<Vec<u8>> {
 #[test]
 fn memcache_keys_written_by_one_are_read_by_the_other() {
     let backends: Vec<Proc> = (0..3).map(|_| memcached()).collect();
-    for (hash, dist) in [
-        ("fnv1a_64", "ketama"),
-        ("murmur", "modula"),
-        ("md5", "ketama"),
-    ] {
+    for (hash, dist) in [("fnv1a_64", "ketama"), ("murmur", "modula"), ("md5", "ketama")] {
         let (np, lp) = (free_port(), free_port());
         let _nut = nutcracker(&pools("n", np, false, &backends, hash, dist), np);
         let _leg = legate(&pools("l", lp, false, &backends, hash, dist), lp);
@@ -45,14 +41,7 @@ fn memcache_keys_written_by_one_are_read_by_the_other() {
                 (&mut l, "legate")
             };
             let v = format!("{hash}-{dist}-{i}");
-            writer.send(
-                &[
-                    b"set ",
-                    &k[..],
-                    format!(" 0 0 {}\r\n{v}\r\n", v.len()).as_bytes(),
-                ]
-                .concat(),
-            );
+            writer.send(&[b"set ", &k[..], format!(" 0 0 {}\r\n{v}\r\n", v.len()).as_bytes()].concat());
             assert_eq!(writer.line(), b"STORED\r\n", "set via {other}");
         }
         for (i, k) in keys.iter().enumerate() {
@@ -75,11 +64,7 @@ fn memcache_keys_written_by_one_are_read_by_the_other() {
 #[test]
 fn redis_keys_written_by_one_are_read_by_the_other() {
     let backends: Vec<Proc> = (0..3).map(|_| redis_server()).collect();
-    for (hash, dist) in [
-        ("fnv1a_64", "ketama"),
-        ("crc32a", "modula"),
-        ("jenkins", "ketama"),
-    ] {
+    for (hash, dist) in [("fnv1a_64", "ketama"), ("crc32a", "modula"), ("jenkins", "ketama")] {
         let (np, lp) = (free_port(), free_port());
         let _nut = nutcracker(&pools("n", np, true, &backends, hash, dist), np);
         let _leg = legate(&pools("l", lp, true, &backends, hash, dist), lp);
@@ -103,12 +88,7 @@ fn redis_keys_written_by_one_are_read_by_the_other() {
             let reader = if i % 2 == 0 { &mut l } else { &mut n };
             let v = format!("{hash}-{dist}-{i}");
             reader.expect(
-                &[
-                    format!("*2\r\n$3\r\nGET\r\n${}\r\n", k.len()).as_bytes(),
-                    k,
-                    b"\r\n",
-                ]
-                .concat(),
+                &[format!("*2\r\n$3\r\nGET\r\n${}\r\n", k.len()).as_bytes(), k, b"\r\n"].concat(),
                 format!("${}\r\n{v}\r\n", v.len()).as_bytes(),
             );
         }

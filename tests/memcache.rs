@@ -56,10 +56,7 @@ fn storage_commands_with_and_without_noreply() {
         format!("cas k1 0 0 1 {}\r\nz\r\n", cas + 1000).as_bytes(),
         b"EXISTS\r\n",
     );
-    c.expect(
-        format!("cas k1 0 0 1 {cas}\r\nz\r\n").as_bytes(),
-        b"STORED\r\n",
-    );
+    c.expect(format!("cas k1 0 0 1 {cas}\r\nz\r\n").as_bytes(), b"STORED\r\n");
     c.expect(b"cas nope 0 0 1 1\r\nz\r\n", b"NOT_FOUND\r\n");
     c.expect(b"set n 0 0 2\r\n10\r\n", b"STORED\r\n");
     c.expect(b"incr n 5\r\n", b"15\r\n");
@@ -74,9 +71,7 @@ fn storage_commands_with_and_without_noreply() {
     c.expect(b"delete n\r\n", b"DELETED\r\n");
     c.expect(b"delete n\r\n", b"NOT_FOUND\r\n");
     // noreply: nothing comes back, and the next reply is still in order.
-    c.send(
-        b"set q 0 0 1 noreply\r\n1\r\nadd q 0 0 1 noreply\r\n2\r\nappend q 0 0 1 noreply\r\n3\r\n",
-    );
+    c.send(b"set q 0 0 1 noreply\r\n1\r\nadd q 0 0 1 noreply\r\n2\r\nappend q 0 0 1 noreply\r\n3\r\n");
     c.send(b"incr q 1 noreply\r\ntouch q 10 noreply\r\n");
     c.expect(b"get q\r\n", b"VALUE q 0 2\r\n14\r\nEND\r\n");
     c.send(b"delete q noreply\r\n");
@@ -89,13 +84,7 @@ fn multi_get_fans_out_and_answers_in_request_order() {
     let mut c = s.client();
     let mut burst = Vec::new();
     for i in 0..60 {
-        burst.extend(
-            format!(
-                "set key:{i} {i} 0 {}\r\nvalue-{i}\r\n",
-                format!("value-{i}").len()
-            )
-            .as_bytes(),
-        );
+        burst.extend(format!("set key:{i} {i} 0 {}\r\nvalue-{i}\r\n", format!("value-{i}").len()).as_bytes());
     }
     c.send(&burst);
     for _ in 0..60 {
@@ -112,11 +101,7 @@ fn multi_get_fans_out_and_answers_in_request_order() {
             .unwrap()
             .parse()
             .unwrap();
-        assert!(
-            items > 5,
-            "backend {} holds only {items} of 60 keys",
-            b.port
-        );
+        assert!(items > 5, "backend {} holds only {items} of 60 keys", b.port);
     }
     // Request order, misses skipped, a repeated key answered twice.
     let order = [59, 3, 1000, 17, 3, 42, 2000, 0, 8, 33, 51, 27];
@@ -125,10 +110,7 @@ fn multi_get_fans_out_and_answers_in_request_order() {
     for i in order {
         req += &format!(" key:{i}");
         if i < 60 {
-            want += &format!(
-                "VALUE key:{i} {i} {}\r\nvalue-{i}\r\n",
-                format!("value-{i}").len()
-            );
+            want += &format!("VALUE key:{i} {i} {}\r\nvalue-{i}\r\n", format!("value-{i}").len());
         }
     }
     want += "END\r\n";
@@ -172,11 +154,7 @@ fn proxy_answers_version_verbosity_and_flush_all_reaches_every_server() {
     }
     c.expect(b"flush_all\r\n", b"OK\r\n");
     for i in 0..30 {
-        assert_eq!(
-            s.holders(format!("f{i}").as_bytes()),
-            0,
-            "f{i} survived flush_all"
-        );
+        assert_eq!(s.holders(format!("f{i}").as_bytes()), 0, "f{i} survived flush_all");
     }
     c.expect(b"set f1 0 0 1\r\nx\r\n", b"STORED\r\n");
     c.send(b"flush_all noreply\r\n");
@@ -200,20 +178,11 @@ fn bad_requests_get_errors_and_the_connection_stays_usable() {
         format!("set {long} 0 0 1\r\nx\r\n").as_bytes(),
         b"CLIENT_ERROR key too long (max 250 bytes)\r\n",
     );
-    c.expect(
-        b"set k 0 0 notanumber\r\n",
-        b"CLIENT_ERROR bad command line format\r\n",
-    );
+    c.expect(b"set k 0 0 notanumber\r\n", b"CLIENT_ERROR bad command line format\r\n");
     // As memcached: the data block is dropped, and the CRLF after it reads as an empty command.
-    c.expect(
-        b"set k 0 0 2\r\nabcd\r\n",
-        b"CLIENT_ERROR bad data chunk\r\nERROR\r\n",
-    );
+    c.expect(b"set k 0 0 2\r\nabcd\r\n", b"CLIENT_ERROR bad data chunk\r\nERROR\r\n");
     c.expect(b"incr k\r\n", b"ERROR\r\n");
-    c.expect(
-        b"incr k abc\r\n",
-        b"CLIENT_ERROR invalid numeric delta argument\r\n",
-    );
+    c.expect(b"incr k abc\r\n", b"CLIENT_ERROR invalid numeric delta argument\r\n");
     c.expect(b"touch k\r\n", b"ERROR\r\n");
     // A 250-byte key is fine, and the stream is still in step.
     let ok = "k".repeat(250);
@@ -255,10 +224,7 @@ fn one_and_sixteen_megabyte_values_round_trip() {
         c.expect(b"\r\n", b"STORED\r\n");
         c.send(format!("get big{size} small\r\n").as_bytes());
         assert_eq!(c.line(), format!("VALUE big{size} 0 {size}\r\n").as_bytes());
-        assert!(
-            c.exact(size) == value,
-            "{size}-byte value came back changed"
-        );
+        assert!(c.exact(size) == value, "{size}-byte value came back changed");
         assert_eq!(c.exact(7), b"\r\nEND\r\n");
     }
 }
@@ -267,14 +233,9 @@ fn one_and_sixteen_megabyte_values_round_trip() {
 fn keys_with_high_bytes_are_stored_and_found() {
     let s = setup();
     let mut c = s.client();
-    let keys: Vec<Vec<u8>> = (0..40u8)
-        .map(|i| vec![0x80 + i, b'k', 0xff - i, 0xc3, 0xa9])
-        .collect();
+    let keys: Vec<Vec<u8>> = (0..40u8).map(|i| vec![0x80 + i, b'k', 0xff - i, 0xc3, 0xa9]).collect();
     for k in &keys {
-        c.expect(
-            &[b"set ", &k[..], b" 0 0 2\r\nhi\r\n"].concat(),
-            b"STORED\r\n",
-        );
+        c.expect(&[b"set ", &k[..], b" 0 0 2\r\nhi\r\n"].concat(), b"STORED\r\n");
     }
     for k in &keys {
         assert_eq!(s.holders(k), 1);
@@ -306,8 +267,7 @@ fn many_concurrent_clients_each_see_only_their_values() {
                     );
                     c.expect(
                         format!("get c{t}:{} c{t}:none\r\n", round % 10).as_bytes(),
-                        format!("VALUE c{t}:{} 0 {}\r\n{v}\r\nEND\r\n", round % 10, v.len())
-                            .as_bytes(),
+                        format!("VALUE c{t}:{} 0 {}\r\n{v}\r\nEND\r\n", round % 10, v.len()).as_bytes(),
                     );
                 }
             })
@@ -334,8 +294,7 @@ fn memccapable_ascii_passes_every_test_through_legate() {
         ])
         .output()
         .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "memccapable failed:\n{text}");
     assert!(text.contains("All tests passed"), "memccapable:\n{text}");
     assert!(!text.contains("[FAIL]"), "memccapable:\n{text}");

@@ -40,10 +40,7 @@ fn cases() -> Vec<Case> {
             "server" => out.last_mut().unwrap().yaml += &format!("    - {rest}\n"),
             "key" => {
                 let (k, server) = rest.split_once(' ').unwrap();
-                out.last_mut()
-                    .unwrap()
-                    .keys
-                    .push((hex(k), server.to_string()));
+                out.last_mut().unwrap().keys.push((hex(k), server.to_string()));
             }
             _ => panic!("bad line in placement.txt: {line}"),
         }
@@ -71,15 +68,10 @@ fn every_key_lands_where_nutcracker_put_it() {
         let ring = Ring::build(&servers, pool.distribution);
         let mut wrong = Vec::new();
         for (key, want) in &case.keys {
-            let i = ring
-                .server_for(pool.hash, hash_tag_span(key, pool.hash_tag))
-                .unwrap();
+            let i = ring.server_for(pool.hash, hash_tag_span(key, pool.hash_tag)).unwrap();
             let got = pool.servers[i].addr.to_string();
             if &got != want {
-                wrong.push(format!(
-                    "{} -> {got}, nutcracker: {want}",
-                    String::from_utf8_lossy(key)
-                ));
+                wrong.push(format!("{} -> {got}, nutcracker: {want}", String::from_utf8_lossy(key)));
             }
             checked += 1;
         }

@@ -14,10 +14,7 @@ fn setup() -> Setup {
     let backends: Vec<Proc> = (0..3).map(|_| redis_server()).collect();
     let port = free_port();
     let ports: Vec<u16> = backends.iter().map(|b| b.port).collect();
-    let legate = legate(
-        &pool_yaml("rd", port, true, &ports, "  hash_tag: \"{}\"\n"),
-        port,
-    );
+    let legate = legate(&pool_yaml("rd", port, true, &ports, "  hash_tag: \"{}\"\n"), port);
     Setup { backends, legate }
 }
 
@@ -73,10 +70,7 @@ fn single_key_command_families() {
     c.expect(&cmd("HSET h a 1 b 2"), b":2\r\n");
     c.expect(&cmd("HGET h b"), b"$1\r\n2\r\n");
     c.expect(&cmd("HINCRBY h a 9"), b":10\r\n");
-    c.expect(
-        &cmd("HMGET h a b c"),
-        b"*3\r\n$2\r\n10\r\n$1\r\n2\r\n$-1\r\n",
-    );
+    c.expect(&cmd("HMGET h a b c"), b"*3\r\n$2\r\n10\r\n$1\r\n2\r\n$-1\r\n");
     c.expect(&cmd("HLEN h"), b":2\r\n");
     // lists
     c.expect(&cmd("RPUSH l a b c"), b":3\r\n");
@@ -94,10 +88,7 @@ fn single_key_command_families() {
     c.expect(&cmd("SCARD set"), b":3\r\n");
     // sorted sets
     c.expect(&cmd("ZADD z 1 one 2 two 3 three"), b":3\r\n");
-    c.expect(
-        &cmd("ZRANGEBYSCORE z 2 3"),
-        b"*2\r\n$3\r\ntwo\r\n$5\r\nthree\r\n",
-    );
+    c.expect(&cmd("ZRANGEBYSCORE z 2 3"), b"*2\r\n$3\r\ntwo\r\n$5\r\nthree\r\n");
     c.expect(&cmd("ZSCORE z two"), b"$1\r\n2\r\n");
     c.expect(&cmd("ZRANK z three"), b":2\r\n");
     // hyperloglog, geo, bits
@@ -134,10 +125,7 @@ fn single_key_command_families() {
         &resp(&[b"EVAL", b"return 1", b"0"]),
         b"-ERR 'eval' without keys cannot be routed: legate needs at least one key\r\n",
     );
-    c.expect(
-        &cmd("GET"),
-        b"-ERR wrong number of arguments for 'get' command\r\n",
-    );
+    c.expect(&cmd("GET"), b"-ERR wrong number of arguments for 'get' command\r\n");
 }
 
 #[test]
@@ -152,10 +140,7 @@ fn multi_key_commands_scatter_and_gather_in_key_order() {
     c.expect(&cmd(&mset.join(" ")), b"+OK\r\n");
     let sizes = s.sizes();
     assert_eq!(sizes.iter().sum::<u64>(), 50);
-    assert!(
-        sizes.iter().all(|&n| n > 0),
-        "MSET did not span every shard: {sizes:?}"
-    );
+    assert!(sizes.iter().all(|&n| n > 0), "MSET did not span every shard: {sizes:?}");
     let keys = ["k49", "nope", "k0", "k7", "k7", "k33", "zip", "k12"];
     let mut want = format!("*{}\r\n", keys.len());
     for k in keys {
@@ -219,10 +204,7 @@ fn unsupported_commands_answer_an_error_and_keep_the_connection() {
     ] {
         c.send(&cmd(name));
         let line = String::from_utf8(c.line()).unwrap();
-        assert!(
-            line.starts_with("-ERR unsupported command"),
-            "{name}: {line}"
-        );
+        assert!(line.starts_with("-ERR unsupported command"), "{name}: {line}");
     }
     c.expect(&cmd("SET after ok"), b"+OK\r\n");
     c.expect(&cmd("GET after"), b"$2\r\nok\r\n");

@@ -26,7 +26,7 @@ impl Protocol {
 }
 
 /// Where a pool listens or a server is reached.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Addr {
     /// `host:port`; the host may be a name, resolved when used.
     Tcp { host: String, port: u16 },
@@ -186,10 +186,7 @@ impl Config {
                     return Err(err(
                         &a.name,
                         "listen",
-                        format!(
-                            "{} is also the listen address of pool '{}'",
-                            a.listen, b.name
-                        ),
+                        format!("{} is also the listen address of pool '{}'", a.listen, b.name),
                     ));
                 }
             }
@@ -252,11 +249,7 @@ fn parse_pool(name: &str, v: Value) -> Result<PoolConfig, ConfigError> {
             None | Some(Value::Null) => Ok(default),
             Some(Value::Number(n)) => match n.as_i64() {
                 Some(x) if x >= min => Ok(x),
-                _ => Err(err(
-                    name,
-                    key,
-                    format!("expected an integer >= {min}, got {n}"),
-                )),
+                _ => Err(err(name, key, format!("expected an integer >= {min}, got {n}"))),
             },
             Some(other) => Err(err(name, key, format!("expected a number, got {other:?}"))),
         }
@@ -265,11 +258,7 @@ fn parse_pool(name: &str, v: Value) -> Result<PoolConfig, ConfigError> {
         match get.get(key) {
             None | Some(Value::Null) => Ok(false),
             Some(Value::Bool(b)) => Ok(*b),
-            Some(other) => Err(err(
-                name,
-                key,
-                format!("expected true or false, got {other:?}"),
-            )),
+            Some(other) => Err(err(name, key, format!("expected true or false, got {other:?}"))),
         }
     };
 
@@ -298,8 +287,9 @@ fn parse_pool(name: &str, v: Value) -> Result<PoolConfig, ConfigError> {
     };
     let distribution = match s("distribution")? {
         None => Distribution::Ketama,
-        Some(d) => Distribution::parse(&d)
-            .ok_or_else(|| err(name, "distribution", format!("unknown distribution '{d}'")))?,
+        Some(d) => {
+            Distribution::parse(&d).ok_or_else(|| err(name, "distribution", format!("unknown distribution '{d}'")))?
+        }
     };
     let redis = boolean("redis")?;
     let protocol = match s("protocol")?.as_deref() {
@@ -320,10 +310,7 @@ fn parse_pool(name: &str, v: Value) -> Result<PoolConfig, ConfigError> {
             ))
         }
     };
-    if get.contains_key("redis")
-        && redis != (protocol == Protocol::Redis)
-        && get.contains_key("protocol")
-    {
+    if get.contains_key("redis") && redis != (protocol == Protocol::Redis) && get.contains_key("protocol") {
         return Err(err(name, "protocol", "contradicts 'redis'"));
     }
     let redis_auth = s("redis_auth")?;
@@ -364,10 +351,9 @@ fn parse_listen(s: &str) -> Result<Addr, String> {
         let path = parts.next().unwrap_or_default().to_string();
         let perm = match parts.next() {
             None => None,
-            Some(p) => Some(
-                u32::from_str_radix(p, 8)
-                    .map_err(|_| format!("bad permissions '{p}' (octal, e.g. 0666)"))?,
-            ),
+            Some(p) => {
+                Some(u32::from_str_radix(p, 8).map_err(|_| format!("bad permissions '{p}' (octal, e.g. 0666)"))?)
+            }
         };
         if parts.next().is_some() {
             return Err(format!("expected '/path [perm]', got '{s}'"));
@@ -381,9 +367,7 @@ fn parse_host_port(s: &str) -> Result<Addr, String> {
     let (host, port) = s
         .rsplit_once(':')
         .ok_or_else(|| format!("expected host:port, got '{s}'"))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("bad port '{port}' in '{s}'"))?;
+    let port: u16 = port.parse().map_err(|_| format!("bad port '{port}' in '{s}'"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         return Err(format!("missing host in '{s}'"));
@@ -397,25 +381,12 @@ fn parse_host_port(s: &str) -> Result<Addr, String> {
 fn parse_servers(pool: &str, v: Option<&Value>) -> Result<Vec<ServerConfig>, ConfigError> {
     let list = match v {
         Some(Value::Sequence(l)) => l,
-        None | Some(Value::Null) => {
-            return Err(err(
-                pool,
-                "servers",
-                "is required and must list at least one server",
-            ))
-        }
-        Some(_) => {
-            return Err(err(
-                pool,
-                "servers",
-                "must be a list of 'host:port:weight [name]'",
-            ))
-        }
+        None | Some(Value::Null) => return Err(err(pool, "servers", "is required and must list at least one server")),
+        Some(_) => return Err(err(pool, "servers", "must be a list of 'host:port:weight [name]'")),
     };
     let mut out: Vec<ServerConfig> = Vec::with_capacity(list.len());
     for item in list {
-        let line = scalar_string(item)
-            .ok_or_else(|| err(pool, "servers", "each server must be a string"))?;
+        let line = scalar_string(item).ok_or_else(|| err(pool, "servers", "each server must be a string"))?;
         out.push(parse_server(&line).map_err(|m| err(pool, "servers", m))?);
     }
     if out.is_empty() {
@@ -425,11 +396,7 @@ fn parse_servers(pool: &str, v: Option<&Value>) -> Result<Vec<ServerConfig>, Con
     out.sort_by(|a, b| name_order(&a.name, &b.name));
     for w in out.windows(2) {
         if w[0].name == w[1].name {
-            return Err(err(
-                pool,
-                "servers",
-                format!("duplicate server name '{}'", w[0].name),
-            ));
+            return Err(err(pool, "servers", format!("duplicate server name '{}'", w[0].name)));
         }
     }
     Ok(out)
@@ -547,10 +514,8 @@ delta:
 
     #[test]
     fn port_11211_is_dropped_from_the_ring_name() {
-        let c = Config::parse(
-            "p:\n  listen: 127.0.0.1:1\n  servers: ['10.0.0.1:11211:1', '10.0.0.2:11212:1']\n",
-        )
-        .unwrap();
+        let c =
+            Config::parse("p:\n  listen: 127.0.0.1:1\n  servers: ['10.0.0.1:11211:1', '10.0.0.2:11212:1']\n").unwrap();
         let names: Vec<_> = c.pools[0].servers.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["10.0.0.1", "10.0.0.2:11212"]);
     }
@@ -562,10 +527,7 @@ delta:
     #[test]
     fn errors_name_pool_and_key() {
         let e = refused("p:\n  listen: 127.0.0.1:1\n  hash: nope\n  servers: ['a:1:1']\n");
-        assert_eq!(
-            (e.pool.as_deref(), e.key.as_deref()),
-            (Some("p"), Some("hash"))
-        );
+        assert_eq!((e.pool.as_deref(), e.key.as_deref()), (Some("p"), Some("hash")));
         assert!(e.to_string().contains("pool 'p', key 'hash'"), "{e}");
         let e = refused("p:\n  listen: 127.0.0.1:1\n  colour: red\n  servers: ['a:1:1']\n");
         assert_eq!(e.key.as_deref(), Some("colour"));
@@ -579,21 +541,17 @@ delta:
         assert_eq!(e.key.as_deref(), Some("hash_tag"));
         let e = refused("p:\n  listen: 127.0.0.1:1\n  redis_auth: x\n  servers: ['a:1:1']\n");
         assert_eq!(e.key.as_deref(), Some("redis_auth"));
-        let e =
-            refused("p:\n  listen: 127.0.0.1:1\n  server_connections: 0\n  servers: ['a:1:1']\n");
+        let e = refused("p:\n  listen: 127.0.0.1:1\n  server_connections: 0\n  servers: ['a:1:1']\n");
         assert_eq!(e.key.as_deref(), Some("server_connections"));
         let e = refused("p:\n  listen: 127.0.0.1:1\n");
         assert_eq!(e.key.as_deref(), Some("servers"));
         let e = refused("p:\n  servers: ['a:1:1']\n");
         assert_eq!(e.key.as_deref(), Some("listen"));
-        let e = refused("p:\n  listen: 127.0.0.1:1\n  servers: ['a:1:1']\nq:\n  listen: 127.0.0.1:1\n  servers: ['a:1:1']\n");
-        assert_eq!(
-            (e.pool.as_deref(), e.key.as_deref()),
-            (Some("q"), Some("listen"))
-        );
         let e = refused(
-            "p:\n  listen: 127.0.0.1:1\n  protocol: redis\n  redis: false\n  servers: ['a:1:1']\n",
+            "p:\n  listen: 127.0.0.1:1\n  servers: ['a:1:1']\nq:\n  listen: 127.0.0.1:1\n  servers: ['a:1:1']\n",
         );
+        assert_eq!((e.pool.as_deref(), e.key.as_deref()), (Some("q"), Some("listen")));
+        let e = refused("p:\n  listen: 127.0.0.1:1\n  protocol: redis\n  redis: false\n  servers: ['a:1:1']\n");
         assert_eq!(e.key.as_deref(), Some("protocol"));
     }
 
@@ -605,9 +563,7 @@ delta:
 
     #[test]
     fn protocol_is_an_alternative_to_redis_flag() {
-        let c =
-            Config::parse("p:\n  listen: 127.0.0.1:1\n  protocol: redis\n  servers: ['a:1:1']\n")
-                .unwrap();
+        let c = Config::parse("p:\n  listen: 127.0.0.1:1\n  protocol: redis\n  servers: ['a:1:1']\n").unwrap();
         assert_eq!(c.pools[0].protocol, Protocol::Redis);
     }
 }

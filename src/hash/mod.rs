@@ -132,11 +132,7 @@ const fn crc16_table() -> [u32; 256] {
         let mut c = (i as u32) << 8;
         let mut j = 0;
         while j < 8 {
-            c = if c & 0x8000 != 0 {
-                (c << 1) ^ 0x1021
-            } else {
-                c << 1
-            };
+            c = if c & 0x8000 != 0 { (c << 1) ^ 0x1021 } else { c << 1 };
             j += 1;
         }
         t[i] = c & 0xffff;
@@ -162,11 +158,7 @@ const fn crc32_table() -> [u32; 256] {
         let mut c = i as u32;
         let mut j = 0;
         while j < 8 {
-            c = if c & 1 != 0 {
-                (c >> 1) ^ 0xEDB8_8320
-            } else {
-                c >> 1
-            };
+            c = if c & 1 != 0 { (c >> 1) ^ 0xEDB8_8320 } else { c >> 1 };
             j += 1;
         }
         t[i] = c;
@@ -298,9 +290,7 @@ fn murmur(key: &[u8]) -> u32 {
 
 fn jenkins(key: &[u8]) -> u32 {
     // Bob Jenkins' lookup3 hashlittle, initval 13 (byte-at-a-time form; same result on LE).
-    let mut a = 0xdead_beefu32
-        .wrapping_add(key.len() as u32)
-        .wrapping_add(13);
+    let mut a = 0xdead_beefu32.wrapping_add(key.len() as u32).wrapping_add(13);
     let mut b = a;
     let mut c = a;
     let word = |d: &[u8]| {

@@ -65,9 +65,7 @@ pub struct RingServer<'a> {
 
 /// nutcracker's name order: shorter first, then bytewise.
 pub fn name_order(a: &str, b: &str) -> Ordering {
-    a.len()
-        .cmp(&b.len())
-        .then_with(|| a.as_bytes().cmp(b.as_bytes()))
+    a.len().cmp(&b.len()).then_with(|| a.as_bytes().cmp(b.as_bytes()))
 }
 
 /// Points a server gets on the continuum, in nutcracker's 32-bit float arithmetic.
@@ -84,9 +82,7 @@ impl Ring {
     pub fn build(servers: &[RingServer<'_>], dist: Distribution) -> Ring {
         let live: Vec<usize> = (0..servers.len()).filter(|&i| servers[i].live).collect();
         if live.is_empty() {
-            return Ring {
-                kind: RingKind::Empty,
-            };
+            return Ring { kind: RingKind::Empty };
         }
         if servers.len() == 1 {
             return Ring {
@@ -223,10 +219,7 @@ mod tests {
         ];
         let ring = Ring::build(&servers, Distribution::Ketama);
         for k in 0..100 {
-            assert_eq!(
-                ring.server_for(HashFn::Md5, format!("k{k}").as_bytes()),
-                Some(0)
-            );
+            assert_eq!(ring.server_for(HashFn::Md5, format!("k{k}").as_bytes()), Some(0));
         }
         let none = [RingServer {
             name: "a:1",

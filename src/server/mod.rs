@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Replies a session may owe before it stops reading requests.
 const SLOTS_IN_FLIGHT: usize = 4096;
@@ -38,20 +38,10 @@ impl Listener {
         match &pool.listen {
             Addr::Tcp { host, port } => {
                 use std::net::ToSocketAddrs;
-                let addr = (host.as_str(), *port)
-                    .to_socket_addrs()?
-                    .next()
-                    .ok_or_else(|| {
-                        std::io::Error::new(
-                            std::io::ErrorKind::NotFound,
-                            format!("cannot resolve {host}"),
-                        )
-                    })?;
-                let sock = socket2::Socket::new(
-                    socket2::Domain::for_address(addr),
-                    socket2::Type::STREAM,
-                    None,
-                )?;
+                let addr = (host.as_str(), *port).to_socket_addrs()?.next().ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::NotFound, format!("cannot resolve {host}"))
+                })?;
+                let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
                 sock.set_reuse_address(true)?;
                 if pool.reuseport {
                     sock.set_reuse_port(true)?;
@@ -59,9 +49,7 @@ impl Listener {
                 sock.set_nonblocking(true)?;
                 sock.bind(&addr.into())?;
                 sock.listen(pool.backlog.min(i32::MAX as u32) as i32)?;
-                Ok(Listener::Tcp(tokio::net::TcpListener::from_std(
-                    sock.into(),
-                )?))
+                Ok(Listener::Tcp(tokio::net::TcpListener::from_std(sock.into())?))
             }
             Addr::Unix { path, perm } => {
                 // A socket file left by an earlier run would make bind fail.
@@ -94,25 +82,40 @@ impl Listener {
     }
 }
 
-/// Accept clients forever, one session task each.
-pub async fn accept_loop(
-    listener: Listener,
-    topo: SharedTopology,
-    protocol: Protocol,
-    max_clients: u32,
-) {
+/// What a pool's sessions share: its topology, the drain signal and the count of live sessions.
+#[derive(Clone)]
+pub struct PoolHandle {
+    pub topo: SharedTopology,
+    pub protocol: Protocol,
+    /// Turns true when the pool stops: sessions finish what they read, then close.
+    pub drain: watch::Receiver<bool>,
+    /// Held by every session; the pool is drained when all clones are gone.
+    pub alive: mpsc::Sender<()>,
+}
+
+async fn accept(listener: &Listener) -> std::io::Result<(BoxRead, BoxWrite)> {
+    match listener {
+        Listener::Tcp(l) => l.accept().await.map(|(s, _)| {
+            let _ = s.set_nodelay(true);
+            let (r, w) = s.into_split();
+            (Box::new(r) as BoxRead, Box::new(w) as BoxWrite)
+        }),
+        Listener::Unix(l) => l.accept().await.map(|(s, _)| {
+            let (r, w) = s.into_split();
+            (Box::new(r) as BoxRead, Box::new(w) as BoxWrite)
+        }),
+    }
+}
+
+/// Accept clients, one session task each, until the pool drains; then hand the listener back
+/// (a reload may give it to the pool's successor without ever closing the socket).
+pub async fn accept_loop(listener: Listener, pool: PoolHandle) -> Listener {
     let clients = Arc::new(AtomicUsize::new(0));
+    let mut drain = pool.drain.clone();
     loop {
-        let accepted = match &listener {
-            Listener::Tcp(l) => l.accept().await.map(|(s, _)| {
-                let _ = s.set_nodelay(true);
-                let (r, w) = s.into_split();
-                (Box::new(r) as BoxRead, Box::new(w) as BoxWrite)
-            }),
-            Listener::Unix(l) => l.accept().await.map(|(s, _)| {
-                let (r, w) = s.into_split();
-                (Box::new(r) as BoxRead, Box::new(w) as BoxWrite)
-            }),
+        let accepted = tokio::select! {
+            a = accept(&listener) => a,
+            _ = drain.wait_for(|d| *d) => return listener,
         };
         let (r, w) = match accepted {
             Ok(rw) => rw,
@@ -123,18 +126,16 @@ pub async fn accept_loop(
                 continue;
             }
         };
+        let max_clients = pool.topo.load().pool.client_connections;
         if max_clients > 0 && clients.load(Ordering::Relaxed) >= max_clients as usize {
-            tracing::warn!(
-                max_clients,
-                "client_connections reached; closing a new client"
-            );
+            tracing::warn!(max_clients, "client_connections reached; closing a new client");
             continue;
         }
         clients.fetch_add(1, Ordering::Relaxed);
         let clients = clients.clone();
-        let topo = topo.clone();
+        let pool = pool.clone();
         tokio::spawn(async move {
-            session(r, w, topo, protocol).await;
+            session(r, w, pool).await;
             clients.fetch_sub(1, Ordering::Relaxed);
         });
     }
@@ -143,24 +144,42 @@ pub async fn accept_loop(
 type BoxRead = Box<dyn AsyncRead + Unpin + Send>;
 type BoxWrite = Box<dyn AsyncWrite + Unpin + Send>;
 
-/// Serve one client until it closes, quits, or sends what cannot be resynchronised.
-pub async fn session<R, W>(rd: R, wr: W, topo: SharedTopology, protocol: Protocol)
+/// Serve one client until it closes, quits, sends what cannot be resynchronised, or the pool
+/// drains.
+pub async fn session<R, W>(mut rd: R, wr: W, pool: PoolHandle)
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(SLOTS_IN_FLIGHT);
-    let writer = tokio::spawn(write_replies(wr, rx, protocol));
-    read_requests(rd, tx, topo, protocol).await;
+    let writer = tokio::spawn(write_replies(wr, rx, pool.protocol));
+    let mut drain = pool.drain.clone();
+    let drained = read_requests(&mut rd, tx, &pool.topo, pool.protocol, &mut drain).await;
     let _ = writer.await;
+    if drained {
+        // Every reply owed has been written and the write side shut. Read (and drop) what the
+        // client still sends until it closes too, so closing never resets the connection and
+        // destroys replies it has not read yet.
+        let mut sink = vec![0u8; 16 * 1024];
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+            while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
+    }
+    drop(pool.alive);
 }
 
+/// Parse and route until the client closes (false) or the pool drains (true).
 async fn read_requests<R: AsyncRead + Unpin>(
-    mut rd: R,
+    rd: &mut R,
     tx: mpsc::Sender<Slot>,
-    topo: SharedTopology,
+    topo: &SharedTopology,
     protocol: Protocol,
-) {
+    drain: &mut watch::Receiver<bool>,
+) -> bool {
+    if *drain.borrow() {
+        return true;
+    }
     let mut buf = BytesMut::with_capacity(16 * 1024);
     // Parse again only once the buffer holds this many bytes.
     let mut need = 1;
@@ -207,23 +226,22 @@ async fn read_requests<R: AsyncRead + Unpin>(
                 if let Some(slot) = slot {
                     let close = matches!(slot, Slot::Close(_));
                     if tx.send(slot).await.is_err() || close {
-                        return;
+                        return false;
                     }
                 }
             }
         }
-        let want = need
-            .saturating_sub(buf.len())
-            .clamp(8 * 1024, 4 * 1024 * 1024);
+        let want = need.saturating_sub(buf.len()).clamp(8 * 1024, 4 * 1024 * 1024);
         if buf.capacity() - buf.len() < want {
             buf.reserve(want);
         }
         tokio::select! {
             r = rd.read_buf(&mut buf) => match r {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => return false,
                 Ok(_) => {}
             },
-            _ = tx.closed() => return,
+            _ = tx.closed() => return false,
+            _ = drain.wait_for(|d| *d) => return true,
         }
     }
 }
@@ -257,11 +275,7 @@ async fn take<W: AsyncWrite + Unpin>(
     }
 }
 
-async fn write_replies<W: AsyncWrite + Unpin>(
-    mut wr: W,
-    mut rx: mpsc::Receiver<Slot>,
-    protocol: Protocol,
-) {
+async fn write_replies<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Slot>, protocol: Protocol) {
     let mut out: VecDeque<Bytes> = VecDeque::new();
     let mut pending_bytes = 0;
     let result: std::io::Result<()> = async {

@@ -74,12 +74,17 @@ const BATCH: usize = 512;
 pub struct Server {
     pub name: String,
     pub addr: Addr,
+    /// What the connections were made with: a reload keeps them only when this is unchanged.
+    target: Target,
     conns: Vec<mpsc::Sender<Job>>,
     next: AtomicUsize,
 }
 
+/// How long a closed server's connection waits for the replies it still owes.
+const DRAIN: Duration = Duration::from_secs(30);
+
 /// What a connection needs to know about its server and pool.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 struct Target {
     /// The server's name as shown in errors and logs (`host:port` or the alias).
     label: String,
@@ -89,6 +94,22 @@ struct Target {
     redis_db: u32,
     connect_timeout: Duration,
     tcpkeepalive: bool,
+    connections: u32,
+    preconnect: bool,
+}
+
+fn target(pool: &PoolConfig, server: &ServerConfig) -> Target {
+    Target {
+        label: server.addr.to_string(),
+        addr: server.addr.clone(),
+        protocol: pool.protocol,
+        redis_auth: pool.redis_auth.clone(),
+        redis_db: pool.redis_db,
+        connect_timeout: pool.timeout.unwrap_or(Duration::from_secs(3)),
+        tcpkeepalive: pool.tcpkeepalive,
+        connections: pool.server_connections.max(1),
+        preconnect: pool.preconnect,
+    }
 }
 
 impl Server {
@@ -96,28 +117,27 @@ impl Server {
     /// or at once with `preconnect`). Must be called inside a Tokio runtime. The tasks end when
     /// the returned value is dropped.
     pub fn start(pool: &PoolConfig, server: &ServerConfig) -> Arc<Server> {
-        let target = Target {
-            label: server.addr.to_string(),
-            addr: server.addr.clone(),
-            protocol: pool.protocol,
-            redis_auth: pool.redis_auth.clone(),
-            redis_db: pool.redis_db,
-            connect_timeout: pool.timeout.unwrap_or(Duration::from_secs(3)),
-            tcpkeepalive: pool.tcpkeepalive,
-        };
-        let conns = (0..pool.server_connections.max(1))
+        let target = target(pool, server);
+        let conns = (0..target.connections)
             .map(|_| {
                 let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-                tokio::spawn(run_connection(target.clone(), rx, pool.preconnect));
+                tokio::spawn(run_connection(target.clone(), rx, target.preconnect));
                 tx
             })
             .collect();
         Arc::new(Server {
             name: server.name.clone(),
             addr: server.addr.clone(),
+            target,
             conns,
             next: AtomicUsize::new(0),
         })
+    }
+
+    /// True when this server's connections are what `server` in `pool` would open: a reload
+    /// then keeps them.
+    pub fn same_connections(&self, pool: &PoolConfig, server: &ServerConfig) -> bool {
+        self.target == target(pool, server)
     }
 
     /// Queue a job on one of the server's connections (round robin). When the connection task
@@ -149,11 +169,9 @@ async fn connect(t: &Target) -> Result<Box<dyn Stream>, String> {
                 }
                 Box::new(s)
             }
-            Addr::Unix { path, .. } => Box::new(
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            ),
+            Addr::Unix { path, .. } => {
+                Box::new(tokio::net::UnixStream::connect(path).await.map_err(|e| e.to_string())?)
+            }
         };
         Ok::<_, String>(s)
     };
@@ -238,13 +256,18 @@ async fn run_connection(t: Target, mut rx: mpsc::Receiver<Job>, preconnect: bool
         tracing::debug!(server = %t.label, "connected");
         let (rd, mut wr) = tokio::io::split(stream);
         let (ptx, prx) = mpsc::unbounded_channel();
-        let reader = tokio::spawn(read_replies(rd, prx, t.label.clone()));
+        let mut reader = tokio::spawn(read_replies(rd, prx, t.label.clone()));
         let ended = write_requests(&mut wr, &mut rx, &mut batch, &ptx).await;
-        reader.abort();
         batch.clear();
         if ended {
+            // The server left the topology: let the reader collect the replies still owed.
+            drop(ptx);
+            if tokio::time::timeout(DRAIN, &mut reader).await.is_err() {
+                reader.abort();
+            }
             return;
         }
+        reader.abort();
         tracing::warn!(server = %t.label, "connection lost; reconnecting on next request");
     }
 }
@@ -282,16 +305,29 @@ async fn write_requests<W: AsyncWrite + Unpin>(
     }
 }
 
-async fn read_replies<R: AsyncRead + Unpin>(
-    mut rd: R,
-    mut prx: mpsc::UnboundedReceiver<Pending>,
-    label: String,
-) {
+async fn read_replies<R: AsyncRead + Unpin>(mut rd: R, mut prx: mpsc::UnboundedReceiver<Pending>, label: String) {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut queue: VecDeque<Pending> = VecDeque::new();
     let mut mscan = memcache::ReplyScan::default();
     let mut rscan = redis::ReplyScan::default();
     loop {
+        if queue.is_empty() && buf.is_empty() {
+            // Idle: wait for the next request or a reply, and end once no more can come.
+            tokio::select! {
+                biased;
+                p = prx.recv() => match p {
+                    Some(p) => {
+                        queue.push_back(p);
+                        continue;
+                    }
+                    None => return,
+                },
+                r = rd.read_buf(&mut buf) => match r {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                },
+            }
+        }
         while !buf.is_empty() {
             if queue.is_empty() {
                 match prx.recv().await {
@@ -304,9 +340,7 @@ async fn read_replies<R: AsyncRead + Unpin>(
             }
             let front = &queue[0];
             let scanned = match front.framing {
-                Framing::Memcache(kind) => {
-                    memcache::scan_reply(&buf, kind, &mut mscan).map_err(|e| e.to_string())
-                }
+                Framing::Memcache(kind) => memcache::scan_reply(&buf, kind, &mut mscan).map_err(|e| e.to_string()),
                 Framing::Redis => redis::scan_reply(&buf, &mut rscan).map_err(|e| e.to_string()),
                 Framing::None => Err("reply to a request that expects none".into()),
             };
@@ -327,6 +361,9 @@ async fn read_replies<R: AsyncRead + Unpin>(
                 }
             }
         }
+        if queue.is_empty() && buf.is_empty() {
+            continue;
+        }
         if buf.capacity() - buf.len() < 8 * 1024 {
             buf.reserve(64 * 1024);
         }
@@ -341,10 +378,7 @@ async fn read_replies<R: AsyncRead + Unpin>(
 ///
 /// # Errors
 /// The peer is gone.
-pub async fn write_all_vectored<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    out: &mut VecDeque<Bytes>,
-) -> std::io::Result<()> {
+pub async fn write_all_vectored<W: AsyncWrite + Unpin>(w: &mut W, out: &mut VecDeque<Bytes>) -> std::io::Result<()> {
     while out.front().is_some_and(|b| b.is_empty()) {
         out.pop_front();
     }

@@ -14,19 +14,13 @@ use std::time::{Duration, Instant};
 
 /// A port nobody is listening on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Find `name` on PATH or fail the test saying how to get it.
 pub fn require(name: &str, package: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in
-        std::env::split_paths(&path).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-    {
+    for dir in std::env::split_paths(&path).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")]) {
         let p = dir.join(name);
         if p.is_file() {
             return p;
@@ -55,9 +49,7 @@ pub fn wait_for_port(port: u16, what: &str, child: &mut Child) {
 
 fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
+    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
 }
 
 /// A child process killed on drop.
@@ -208,9 +200,7 @@ impl Client {
         let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         s.set_nodelay(true).unwrap();
-        Client {
-            r: BufReader::new(s),
-        }
+        Client { r: BufReader::new(s) }
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
@@ -240,11 +230,7 @@ impl Client {
         let mut v = Vec::new();
         while !v.ends_with(end) {
             let n = self.r.read_until(b'\n', &mut v).unwrap();
-            assert!(
-                n > 0,
-                "connection closed; got {:?}",
-                String::from_utf8_lossy(&v)
-            );
+            assert!(n > 0, "connection closed; got {:?}", String::from_utf8_lossy(&v));
         }
         v
     }
@@ -270,9 +256,7 @@ impl Client {
 
 /// Run a command, returning stdout; fails the test on a non-zero exit.
 pub fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\n{}",

@@ -45,10 +45,7 @@ pub enum Command {
 impl Command {
     /// Retrieval commands answer with VALUE blocks and END, and may carry many keys.
     pub fn is_retrieval(self) -> bool {
-        matches!(
-            self,
-            Command::Get | Command::Gets | Command::Gat | Command::Gats
-        )
+        matches!(self, Command::Get | Command::Gets | Command::Gat | Command::Gats)
     }
 
     /// Meta commands answer with meta reply lines.
@@ -150,11 +147,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Parse<Request>, RequestError> {
         });
     }
     let line_len = lf + 1;
-    let end = if lf > 0 && buf[lf - 1] == b'\r' {
-        lf - 1
-    } else {
-        lf
-    };
+    let end = if lf > 0 && buf[lf - 1] == b'\r' { lf - 1 } else { lf };
     // Tokens as offsets into buf.
     let mut toks: SmallVec<[Range<usize>; 8]> = SmallVec::new();
     let mut i = 0;
@@ -243,12 +236,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Parse<Request>, RequestError> {
                 req.keys.push(t.clone());
             }
         }
-        Command::Set
-        | Command::Add
-        | Command::Replace
-        | Command::Append
-        | Command::Prepend
-        | Command::Cas => {
+        Command::Set | Command::Add | Command::Replace | Command::Append | Command::Prepend | Command::Cas => {
             // <cmd> <key> <flags> <exptime> <bytes> [cas] [noreply]
             let base = if command == Command::Cas { 6 } else { 5 };
             if n < base || n > base + 1 {
@@ -276,10 +264,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Parse<Request>, RequestError> {
             if &buf[total - 2..total] != b"\r\n" {
                 return Err(bad(BAD_CHUNK, total));
             }
-            check_key(&toks[1]).map_err(|e| RequestError {
-                consumed: total,
-                ..e
-            })?;
+            check_key(&toks[1]).map_err(|e| RequestError { consumed: total, ..e })?;
             req.keys.push(toks[1].clone());
             req.noreply = n == base + 1;
             req.len = total;
@@ -327,8 +312,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Parse<Request>, RequestError> {
             }
             check_key(&toks[1])?;
             req.keys.push(toks[1].clone());
-            req.quiet =
-                command != Command::MetaDebug && toks[2..].iter().any(|t| &buf[t.clone()] == b"q");
+            req.quiet = command != Command::MetaDebug && toks[2..].iter().any(|t| &buf[t.clone()] == b"q");
         }
         Command::MetaSet => {
             // ms <key> <datalen> <flags>*
@@ -352,10 +336,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Parse<Request>, RequestError> {
             if &buf[total - 2..total] != b"\r\n" {
                 return Err(bad(BAD_CHUNK, total));
             }
-            check_key(&toks[1]).map_err(|e| RequestError {
-                consumed: total,
-                ..e
-            })?;
+            check_key(&toks[1]).map_err(|e| RequestError { consumed: total, ..e })?;
             req.keys.push(toks[1].clone());
             req.quiet = toks[3..].iter().any(|t| &buf[t.clone()] == b"q");
             req.len = total;
@@ -420,18 +401,13 @@ impl ReplyScan {
 }
 
 fn is_error_line(line: &[u8]) -> bool {
-    line.starts_with(b"ERROR")
-        || line.starts_with(b"CLIENT_ERROR")
-        || line.starts_with(b"SERVER_ERROR")
+    line.starts_with(b"ERROR") || line.starts_with(b"CLIENT_ERROR") || line.starts_with(b"SERVER_ERROR")
 }
 
 /// The `<bytes>` field of a `VALUE <key> <flags> <bytes> [cas]` line, or of `VA <size> ...`.
 fn value_len(line: &[u8], field: usize) -> Option<usize> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let t = line
-        .split(|&c| c == b' ')
-        .filter(|t| !t.is_empty())
-        .nth(field)?;
+    let t = line.split(|&c| c == b' ').filter(|t| !t.is_empty()).nth(field)?;
     parse_u64(t).map(|v| v as usize)
 }
 
@@ -439,11 +415,7 @@ fn value_len(line: &[u8], field: usize) -> Option<usize> {
 ///
 /// # Errors
 /// The bytes cannot be a reply of this kind.
-pub fn scan_reply(
-    buf: &[u8],
-    kind: ReplyKind,
-    scan: &mut ReplyScan,
-) -> Result<Option<usize>, ReplyError> {
+pub fn scan_reply(buf: &[u8], kind: ReplyKind, scan: &mut ReplyScan) -> Result<Option<usize>, ReplyError> {
     loop {
         let at = scan.pos;
         let Some(lf) = find_lf(&buf[at..]) else {
@@ -510,11 +482,7 @@ pub fn value_blocks(reply: &[u8]) -> Option<Vec<ValueBlock>> {
         let lf = find_lf(&reply[at..])? + at;
         let line = &reply[at..lf];
         if !line.starts_with(b"VALUE ") {
-            return if line.starts_with(b"END") {
-                Some(out)
-            } else {
-                None
-            };
+            return if line.starts_with(b"END") { Some(out) } else { None };
         }
         let n = value_len(line, 3)?;
         let key_start = at + 6;
@@ -567,21 +535,13 @@ mod tests {
     fn bad_requests_get_memcached_errors() {
         assert_eq!(parse_request(b"bogus\r\n").unwrap_err().reply, ERROR);
         assert_eq!(parse_request(b"get \r\n").unwrap_err().reply, ERROR);
-        assert_eq!(
-            parse_request(b"set k 0 0 -1\r\n").unwrap_err().reply,
-            BAD_FORMAT
-        );
+        assert_eq!(parse_request(b"set k 0 0 -1\r\n").unwrap_err().reply, BAD_FORMAT);
         let long = format!("get {}\r\n", "k".repeat(251));
-        assert_eq!(
-            parse_request(long.as_bytes()).unwrap_err().reply,
-            KEY_TOO_LONG
-        );
+        assert_eq!(parse_request(long.as_bytes()).unwrap_err().reply, KEY_TOO_LONG);
         let e = parse_request(&vec![b'a'; 70_000]).unwrap_err();
         assert!(e.fatal);
         assert_eq!(
-            parse_request(b"set k 0 0 999999999999\r\n")
-                .unwrap_err()
-                .reply,
+            parse_request(b"set k 0 0 999999999999\r\n").unwrap_err().reply,
             TOO_LARGE
         );
         assert_eq!(parse_request(b"incr k x\r\n").unwrap_err().reply, BAD_DELTA);
@@ -603,33 +563,17 @@ mod tests {
         let mut s = ReplyScan::default();
         let v = b"VALUE a 0 5\r\nhello\r\nVALUE b 0 1\r\nx\r\nEND\r\n";
         for cut in 0..v.len() {
-            assert_eq!(
-                scan_reply(&v[..cut], ReplyKind::Values, &mut s),
-                Ok(None),
-                "{cut}"
-            );
+            assert_eq!(scan_reply(&v[..cut], ReplyKind::Values, &mut s), Ok(None), "{cut}");
         }
         assert_eq!(scan_reply(v, ReplyKind::Values, &mut s), Ok(Some(v.len())));
         let blocks = value_blocks(v).unwrap();
         assert_eq!(blocks.len(), 2);
         assert_eq!(&v[blocks[1].key.clone()], b"b");
         assert_eq!(&v[blocks[1].block.clone()], b"VALUE b 0 1\r\nx\r\n");
-        assert_eq!(
-            scan_reply(b"STORED\r\nEND", ReplyKind::Line, &mut s),
-            Ok(Some(8))
-        );
-        assert_eq!(
-            scan_reply(b"VA 2 f1\r\nhi\r\n", ReplyKind::Meta, &mut s),
-            Ok(Some(13))
-        );
-        assert_eq!(
-            scan_reply(b"EN\r\nMN\r\n", ReplyKind::MetaQuiet, &mut s),
-            Ok(Some(8))
-        );
-        assert_eq!(
-            scan_reply(b"MN\r\n", ReplyKind::MetaQuiet, &mut s),
-            Ok(Some(4))
-        );
+        assert_eq!(scan_reply(b"STORED\r\nEND", ReplyKind::Line, &mut s), Ok(Some(8)));
+        assert_eq!(scan_reply(b"VA 2 f1\r\nhi\r\n", ReplyKind::Meta, &mut s), Ok(Some(13)));
+        assert_eq!(scan_reply(b"EN\r\nMN\r\n", ReplyKind::MetaQuiet, &mut s), Ok(Some(8)));
+        assert_eq!(scan_reply(b"MN\r\n", ReplyKind::MetaQuiet, &mut s), Ok(Some(4)));
         assert!(scan_reply(b"HUH\r\n", ReplyKind::Values, &mut s).is_err());
     }
 }

@@ -242,11 +242,7 @@ mod tests {
             "info",
             "a-very-long-command-name-indeed",
         ] {
-            assert_eq!(
-                lookup(refused.as_bytes()),
-                CommandKind::Unsupported,
-                "{refused}"
-            );
+            assert_eq!(lookup(refused.as_bytes()), CommandKind::Unsupported, "{refused}");
         }
     }
 }

@@ -75,10 +75,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Parse<Request>, RequestError> {
             return Ok(Parse::Incomplete(Need::Line));
         }
         if buf[at] != b'$' {
-            return Err(perr(format!(
-                "expected '$', got '{}'",
-                buf[at].escape_ascii()
-            )));
+            return Err(perr(format!("expected '$', got '{}'", buf[at].escape_ascii())));
         }
         let Some((n, data)) = header_line(buf, at)? else {
             return Ok(Parse::Incomplete(Need::Line));
@@ -132,11 +129,7 @@ fn parse_inline(buf: &[u8]) -> Result<Parse<Request>, RequestError> {
         }
         return Ok(Parse::Incomplete(Need::Line));
     };
-    let end = if lf > 0 && buf[lf - 1] == b'\r' {
-        lf - 1
-    } else {
-        lf
-    };
+    let end = if lf > 0 && buf[lf - 1] == b'\r' { lf - 1 } else { lf };
     let mut args = SmallVec::new();
     let mut i = 0;
     while i < end {
@@ -177,10 +170,7 @@ fn parse_inline(buf: &[u8]) -> Result<Parse<Request>, RequestError> {
 }
 
 /// Append `args` to `out` as a RESP array of bulk strings.
-pub fn encode_command<'a>(
-    out: &mut bytes::BytesMut,
-    args: impl ExactSizeIterator<Item = &'a [u8]>,
-) {
+pub fn encode_command<'a>(out: &mut bytes::BytesMut, args: impl ExactSizeIterator<Item = &'a [u8]>) {
     use bytes::BufMut;
     out.put_u8(b'*');
     put_decimal(out, args.len() as i64);
@@ -322,19 +312,13 @@ mod tests {
 
     #[test]
     fn resp_and_inline() {
-        assert_eq!(
-            args(b"*2\r\n$3\r\nGET\r\n$3\r\nfoo\r\n"),
-            [&b"GET"[..], b"foo"]
-        );
+        assert_eq!(args(b"*2\r\n$3\r\nGET\r\n$3\r\nfoo\r\n"), [&b"GET"[..], b"foo"]);
         assert_eq!(args(b"set a 'b c'\r\n"), [&b"set"[..], b"a", b"b c"]);
         assert_eq!(args(b"PING\n"), [&b"PING"[..]]);
         assert!(args(b"\r\n").is_empty());
         let r = b"*2\r\n$3\r\nGET\r\n$3\r\nfoo\r\n";
         for cut in 0..r.len() {
-            assert!(
-                matches!(parse_request(&r[..cut]), Ok(Parse::Incomplete(_))),
-                "{cut}"
-            );
+            assert!(matches!(parse_request(&r[..cut]), Ok(Parse::Incomplete(_))), "{cut}");
         }
         assert_eq!(
             parse_request(b"*1\r\n$100\r\nabc"),
@@ -352,11 +336,7 @@ mod tests {
             b"*1\r\n*1\r\n",
             b"*1\r\n$3\r\nabcde",
         ] {
-            assert!(
-                parse_request(bad).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
+            assert!(parse_request(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
         assert!(parse_request(b"*-5\r\n").is_ok());
         assert!(parse_request(b"get 'a\r\n").is_err());

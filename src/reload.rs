@@ -1,0 +1,342 @@
+//! The running pools, and how a new config is applied to them without failing a request.
+//!
+//! A pool is identified by its listen address. A reload keeps the listener (and every client
+//! connection) of each address still in the file and swaps in a topology built from the new
+//! pool; servers whose address and connection settings did not change keep their connections.
+//! Addresses no longer in the file stop accepting, and their clients are drained: what they
+//! already sent is answered, then the connection closes. Listeners for new addresses are bound
+//! before anything changes, so a bind failure leaves the running topology untouched.
+
+use crate::config::{Addr, Config, PoolConfig};
+use crate::server::{accept_loop, Listener, PoolHandle};
+use crate::topology::{SharedTopology, Topology};
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+struct RunningPool {
+    config: PoolConfig,
+    topo: SharedTopology,
+    drain: watch::Sender<bool>,
+    alive_tx: mpsc::Sender<()>,
+    alive_rx: mpsc::Receiver<()>,
+    accept: JoinHandle<Listener>,
+}
+
+/// A pool that stopped: its listener comes back once it has stopped accepting, and its
+/// sessions are gone when `alive` reports closed.
+struct Stopping {
+    name: String,
+    accept: JoinHandle<Listener>,
+    alive: mpsc::Receiver<()>,
+}
+
+/// Every running pool, by listen address.
+pub struct Pools {
+    pools: HashMap<Addr, RunningPool>,
+    generation: u64,
+    /// Sessions of pools removed by reloads, still finishing.
+    draining: Vec<JoinHandle<()>>,
+}
+
+fn start_pool(config: &PoolConfig, listener: Listener, topo: Option<SharedTopology>) -> RunningPool {
+    let topo = topo.unwrap_or_else(|| Arc::new(ArcSwap::from_pointee(Topology::start(config))));
+    let (drain, drain_rx) = watch::channel(false);
+    let (alive_tx, alive_rx) = mpsc::channel(1);
+    let handle = PoolHandle {
+        topo: topo.clone(),
+        protocol: config.protocol,
+        drain: drain_rx,
+        alive: alive_tx.clone(),
+    };
+    tracing::info!(
+        "pool {} listening on {} ({}, {} servers)",
+        config.name,
+        listener.local_addr(),
+        config.protocol.name(),
+        config.servers.len()
+    );
+    RunningPool {
+        config: config.clone(),
+        topo,
+        drain,
+        alive_tx,
+        alive_rx,
+        accept: tokio::spawn(accept_loop(listener, handle)),
+    }
+}
+
+impl RunningPool {
+    fn stop(self) -> Stopping {
+        let _ = self.drain.send(true);
+        drop(self.alive_tx);
+        Stopping {
+            name: self.config.name,
+            accept: self.accept,
+            alive: self.alive_rx,
+        }
+    }
+}
+
+impl Stopping {
+    /// Wait until every session of the pool has closed.
+    async fn finished(mut self) {
+        let _ = self.accept.await;
+        while self.alive.recv().await.is_some() {}
+        tracing::info!("pool {} drained", self.name);
+    }
+}
+
+/// What a reload changed, for the log.
+fn describe_changes(old: &HashMap<Addr, RunningPool>, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in &new.pools {
+        match old.get(&p.listen) {
+            None => out.push(format!("pool {} added on {}", p.name, p.listen)),
+            Some(o) if o.config == *p => {}
+            Some(o) => {
+                let names = |c: &PoolConfig| c.servers.iter().map(|s| s.addr.to_string()).collect::<Vec<_>>();
+                let (before, after) = (names(&o.config), names(p));
+                let added: Vec<_> = after.iter().filter(|s| !before.contains(s)).collect();
+                let removed: Vec<_> = before.iter().filter(|s| !after.contains(s)).collect();
+                let mut what = Vec::new();
+                if !added.is_empty() {
+                    what.push(format!("servers added {added:?}"));
+                }
+                if !removed.is_empty() {
+                    what.push(format!("servers removed {removed:?}"));
+                }
+                if o.config.servers != p.servers && added.is_empty() && removed.is_empty() {
+                    what.push("server weights or names changed".into());
+                }
+                let strip = |c: &PoolConfig| PoolConfig {
+                    servers: Vec::new(),
+                    name: String::new(),
+                    ..c.clone()
+                };
+                if strip(&o.config) != strip(p) {
+                    what.push("settings changed".into());
+                }
+                if o.config.name != p.name {
+                    what.push(format!("renamed from {}", o.config.name));
+                }
+                out.push(format!("pool {}: {}", p.name, what.join(", ")));
+            }
+        }
+    }
+    for o in old.values() {
+        if !new.pools.iter().any(|p| p.listen == o.config.listen) {
+            out.push(format!("pool {} removed from {}", o.config.name, o.config.listen));
+        }
+    }
+    out
+}
+
+impl Pools {
+    /// Bind and start every pool of `config`.
+    ///
+    /// # Errors
+    /// A listener cannot be bound; nothing is left running.
+    pub fn start(config: &Config) -> anyhow::Result<Pools> {
+        let mut listeners = Vec::with_capacity(config.pools.len());
+        for pool in &config.pools {
+            listeners.push(bind(pool)?);
+        }
+        let pools = config
+            .pools
+            .iter()
+            .zip(listeners)
+            .map(|(p, l)| (p.listen.clone(), start_pool(p, l, None)))
+            .collect();
+        Ok(Pools {
+            pools,
+            generation: 1,
+            draining: Vec::new(),
+        })
+    }
+
+    /// The generation of the running config: 1 at start, one more per applied reload.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Apply a new config. On error nothing changed.
+    ///
+    /// # Errors
+    /// A new listen address cannot be bound.
+    pub async fn apply(&mut self, config: &Config) -> anyhow::Result<Vec<String>> {
+        let changes = describe_changes(&self.pools, config);
+        // Bind new addresses first: a failure here must leave everything as it was.
+        let mut fresh: HashMap<Addr, Listener> = HashMap::new();
+        for p in &config.pools {
+            if !self.pools.contains_key(&p.listen) {
+                fresh.insert(p.listen.clone(), bind(p)?);
+            }
+        }
+        let mut next = HashMap::with_capacity(config.pools.len());
+        for p in &config.pools {
+            let running = match self.pools.remove(&p.listen) {
+                Some(old) if old.config.protocol == p.protocol => {
+                    if old.config != *p {
+                        let topo = Topology::rebuild(p, Some(&old.topo.load()));
+                        old.topo.store(Arc::new(topo));
+                    }
+                    RunningPool {
+                        config: p.clone(),
+                        ..old
+                    }
+                }
+                Some(old) => {
+                    // Same address, other protocol: old clients drain, the socket is handed on.
+                    let stopping = old.stop();
+                    let listener = match (&mut { stopping.accept }).await {
+                        Ok(l) => l,
+                        Err(_) => bind(p)?,
+                    };
+                    let alive = stopping.alive;
+                    let name = stopping.name;
+                    self.draining.push(tokio::spawn(async move {
+                        let mut alive = alive;
+                        while alive.recv().await.is_some() {}
+                        tracing::info!("pool {name} drained");
+                    }));
+                    start_pool(p, listener, None)
+                }
+                None => start_pool(p, fresh.remove(&p.listen).expect("bound above"), None),
+            };
+            next.insert(p.listen.clone(), running);
+        }
+        for (_, old) in self.pools.drain() {
+            let stopping = old.stop();
+            self.draining.push(tokio::spawn(stopping.finished()));
+        }
+        self.pools = next;
+        self.generation += 1;
+        self.draining.retain(|h| !h.is_finished());
+        Ok(changes)
+    }
+
+    /// Stop accepting everywhere, let every session finish what it read, and wait for them
+    /// (at most `timeout`).
+    pub async fn drain(self, timeout: Duration) {
+        let mut waits: Vec<JoinHandle<()>> = self.draining;
+        for (_, p) in self.pools {
+            waits.push(tokio::spawn(p.stop().finished()));
+        }
+        let all = async {
+            for w in waits {
+                let _ = w.await;
+            }
+        };
+        if tokio::time::timeout(timeout, all).await.is_err() {
+            tracing::warn!("drain timeout reached; closing the remaining connections");
+        }
+    }
+}
+
+fn bind(pool: &PoolConfig) -> anyhow::Result<Listener> {
+    use anyhow::Context;
+    Listener::bind(pool).with_context(|| format!("pool '{}': cannot listen on {}", pool.name, pool.listen))
+}
+
+/// Why a reload was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Signal,
+    FileChanged,
+}
+
+/// Watch the config file's directory (so in-place writes, renames and a Kubernetes ConfigMap's
+/// `..data` symlink swap are all seen) and send a trigger per burst of changes.
+///
+/// # Errors
+/// The watcher cannot be created (inotify limits, a missing directory).
+pub fn watch_file(path: &Path, tx: mpsc::UnboundedSender<Trigger>) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            if !matches!(ev.kind, notify::EventKind::Access(_)) {
+                let _ = raw_tx.send(());
+            }
+        }
+    })?;
+    watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+    tokio::spawn(async move {
+        while raw_rx.recv().await.is_some() {
+            // Debounce: an editor's save or a ConfigMap swap is several events.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            while raw_rx.try_recv().is_ok() {}
+            if tx.send(Trigger::FileChanged).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(watcher)
+}
+
+/// What `run` needs besides the first config.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The file to re-read on SIGHUP and on change; `None` turns reloading off.
+    pub config_path: Option<PathBuf>,
+    /// Watch the file for changes (SIGHUP works either way).
+    pub watch: bool,
+    /// How long SIGTERM waits for in-flight requests.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            config_path: None,
+            watch: false,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Re-read and apply the config file; an invalid file keeps the running config.
+pub async fn reload(pools: &mut Pools, path: &Path, last_text: &mut String, trigger: Trigger) {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(
+                "config reload failed, keeping generation {}: cannot read {}: {e}",
+                pools.generation(),
+                path.display()
+            );
+            return;
+        }
+    };
+    if text == *last_text && trigger == Trigger::FileChanged {
+        return;
+    }
+    let config = match Config::parse(&text) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("config reload failed, keeping generation {}: {e}", pools.generation());
+            return;
+        }
+    };
+    match pools.apply(&config).await {
+        Ok(changes) => {
+            *last_text = text;
+            let what = if changes.is_empty() {
+                "no changes".to_string()
+            } else {
+                changes.join("; ")
+            };
+            tracing::info!("config generation {} applied: {what}", pools.generation());
+        }
+        Err(e) => tracing::error!("config reload failed, keeping generation {}: {e:#}", pools.generation()),
+    }
+}
