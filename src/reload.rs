@@ -255,7 +255,7 @@ pub enum Trigger {
 ///
 /// # Errors
 /// The watcher cannot be created (inotify limits, a missing directory).
-pub fn watch_file(path: &Path, tx: mpsc::UnboundedSender<Trigger>) -> notify::Result<notify::RecommendedWatcher> {
+pub fn watch_file(path: &Path, tx: mpsc::UnboundedSender<Trigger>) -> notify::Result<ConfigWatcher> {
     use notify::Watcher;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -270,17 +270,50 @@ pub fn watch_file(path: &Path, tx: mpsc::UnboundedSender<Trigger>) -> notify::Re
         }
     })?;
     watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+    let watcher = Arc::new(std::sync::Mutex::new(watcher));
+    // When the path is a symlink, edits made through it land in the target's directory, which
+    // changes whenever the link is re-pointed: follow it after every burst of events.
+    let main_dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+    let mut target_dir: Option<PathBuf> = None;
+    let follow = {
+        let watcher = watcher.clone();
+        let path = path.to_path_buf();
+        move |target_dir: &mut Option<PathBuf>| {
+            let real = std::fs::canonicalize(&path)
+                .ok()
+                .and_then(|p| p.parent().map(Path::to_path_buf));
+            if real == *target_dir || real.as_ref() == Some(&main_dir) {
+                return;
+            }
+            let mut w = watcher.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(old) = target_dir.take() {
+                let _ = w.unwatch(&old);
+            }
+            if let Some(real) = real {
+                if w.watch(&real, notify::RecursiveMode::NonRecursive).is_ok() {
+                    *target_dir = Some(real);
+                }
+            }
+        }
+    };
+    follow(&mut target_dir);
     tokio::spawn(async move {
         while raw_rx.recv().await.is_some() {
             // Debounce: an editor's save or a ConfigMap swap is several events.
             tokio::time::sleep(Duration::from_millis(150)).await;
             while raw_rx.try_recv().is_ok() {}
+            follow(&mut target_dir);
             if tx.send(Trigger::FileChanged).is_err() {
                 return;
             }
         }
     });
-    Ok(watcher)
+    Ok(ConfigWatcher { _watcher: watcher })
+}
+
+/// Keeps the file watch alive; dropping it stops watching.
+pub struct ConfigWatcher {
+    _watcher: Arc<std::sync::Mutex<notify::RecommendedWatcher>>,
 }
 
 /// What `run` needs besides the first config.
@@ -305,6 +338,7 @@ impl Default for Options {
 }
 
 /// Re-read and apply the config file; an invalid file keeps the running config.
+/// `last_text` is the text last read, so repeated change events for one save act once.
 pub async fn reload(pools: &mut Pools, path: &Path, last_text: &mut String, trigger: Trigger) {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -317,9 +351,11 @@ pub async fn reload(pools: &mut Pools, path: &Path, last_text: &mut String, trig
             return;
         }
     };
+    // A change event with the text already seen (applied or refused) is an echo of the same save.
     if text == *last_text && trigger == Trigger::FileChanged {
         return;
     }
+    last_text.clone_from(&text);
     let config = match Config::parse(&text) {
         Ok(c) => c,
         Err(e) => {
@@ -329,7 +365,6 @@ pub async fn reload(pools: &mut Pools, path: &Path, last_text: &mut String, trig
     };
     match pools.apply(&config).await {
         Ok(changes) => {
-            *last_text = text;
             let what = if changes.is_empty() {
                 "no changes".to_string()
             } else {

@@ -62,3 +62,16 @@ fn errors_name_the_pool_and_key_and_exit_1() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn kubernetes_configmap_config_passes() {
+    let manifest = include_str!("../config/kubernetes/legate-sidecar.yaml");
+    let start = manifest.find("  legate.yml: |\n").expect("ConfigMap holds legate.yml") + "  legate.yml: |\n".len();
+    let body: String = manifest[start..]
+        .lines()
+        .take_while(|l| l.starts_with("    ") || l.is_empty())
+        .map(|l| format!("{}\n", l.get(4..).unwrap_or("")))
+        .collect();
+    let (ok, text) = check(&body);
+    assert!(ok, "{text}\n{body}");
+}

@@ -171,6 +171,62 @@ pub fn legate(yaml: &str, port: u16) -> Legate {
     }
 }
 
+/// legate whose log lines (info level) are kept for [`Logged::wait_log`].
+pub struct Logged {
+    pub proc: Proc,
+    pub lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Logged {
+    /// Wait (at most 15 s) for a log line containing `what`; returns it.
+    pub fn wait_log(&self, what: &str) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(l) = self.lines.lock().unwrap().iter().find(|l| l.contains(what)) {
+                return l.clone();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "no log line with {what:?}; log so far:\n{}",
+                self.lines.lock().unwrap().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn log_count(&self, what: &str) -> usize {
+        self.lines.lock().unwrap().iter().filter(|l| l.contains(what)).count()
+    }
+}
+
+/// Start legate on the config file `config` (which the test may change), capturing its log.
+pub fn legate_logged(config: &Path, port: u16, extra_args: &[&str]) -> Logged {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_legate"))
+        .arg("-c")
+        .arg(config)
+        .args(["--workers", "2"])
+        .args(extra_args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start legate");
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            sink.lock().unwrap().push(line);
+        }
+    });
+    wait_for_port(port, "legate", &mut child);
+    Logged {
+        proc: Proc { child, port },
+        lines,
+    }
+}
+
 /// nutcracker (twemproxy) on `yaml`, listening on `port`.
 pub fn nutcracker(yaml: &str, port: u16) -> Proc {
     let bin = require("nutcracker", "nutcracker");
