@@ -9,7 +9,7 @@
 
 use crate::config::{Addr, Config, PoolConfig};
 use crate::server::{accept_loop, Listener, PoolHandle};
-use crate::topology::{SharedTopology, Topology};
+use crate::topology::{watch_health, HealthEvents, SharedTopology, Topology};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +21,8 @@ use tokio::task::JoinHandle;
 struct RunningPool {
     config: PoolConfig,
     topo: SharedTopology,
+    /// Servers report ejections here; the pool's health task rebuilds the ring.
+    events: HealthEvents,
     drain: watch::Sender<bool>,
     alive_tx: mpsc::Sender<()>,
     alive_rx: mpsc::Receiver<()>,
@@ -43,9 +45,11 @@ pub struct Pools {
     draining: Vec<JoinHandle<()>>,
 }
 
-fn start_pool(config: &PoolConfig, listener: Listener, topo: Option<SharedTopology>) -> RunningPool {
-    let topo = topo.unwrap_or_else(|| Arc::new(ArcSwap::from_pointee(Topology::start(config))));
+fn start_pool(config: &PoolConfig, listener: Listener) -> RunningPool {
+    let (events, events_rx) = mpsc::unbounded_channel();
+    let topo: SharedTopology = Arc::new(ArcSwap::from_pointee(Topology::rebuild(config, None, Some(&events))));
     let (drain, drain_rx) = watch::channel(false);
+    tokio::spawn(watch_health(topo.clone(), events.clone(), events_rx, drain_rx.clone()));
     let (alive_tx, alive_rx) = mpsc::channel(1);
     let handle = PoolHandle {
         topo: topo.clone(),
@@ -63,6 +67,7 @@ fn start_pool(config: &PoolConfig, listener: Listener, topo: Option<SharedTopolo
     RunningPool {
         config: config.clone(),
         topo,
+        events,
         drain,
         alive_tx,
         alive_rx,
@@ -150,7 +155,7 @@ impl Pools {
             .pools
             .iter()
             .zip(listeners)
-            .map(|(p, l)| (p.listen.clone(), start_pool(p, l, None)))
+            .map(|(p, l)| (p.listen.clone(), start_pool(p, l)))
             .collect();
         Ok(Pools {
             pools,
@@ -182,7 +187,7 @@ impl Pools {
             let running = match self.pools.remove(&p.listen) {
                 Some(old) if old.config.protocol == p.protocol => {
                     if old.config != *p {
-                        let topo = Topology::rebuild(p, Some(&old.topo.load()));
+                        let topo = Topology::rebuild(p, Some(&old.topo.load()), Some(&old.events));
                         old.topo.store(Arc::new(topo));
                     }
                     RunningPool {
@@ -204,9 +209,9 @@ impl Pools {
                         while alive.recv().await.is_some() {}
                         tracing::info!("pool {name} drained");
                     }));
-                    start_pool(p, listener, None)
+                    start_pool(p, listener)
                 }
-                None => start_pool(p, fresh.remove(&p.listen).expect("bound above"), None),
+                None => start_pool(p, fresh.remove(&p.listen).expect("bound above")),
             };
             next.insert(p.listen.clone(), running);
         }

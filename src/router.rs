@@ -240,8 +240,39 @@ fn resp_frame(frame: Bytes, req: &redis::Request) -> Bytes {
     b.freeze()
 }
 
-/// Route one Redis request (which has at least one argument).
-pub async fn redis(topo: &Topology, frame: Bytes, req: &redis::Request) -> Slot {
+/// Check AUTH against the pool's `redis_auth`: `Some(reply)` answers the request in the proxy.
+fn check_auth(topo: &Topology, frame: &Bytes, req: &redis::Request, authed: &mut bool) -> Option<Slot> {
+    let args = &req.args;
+    let name = &frame[args[0].clone()];
+    let is_auth = name.eq_ignore_ascii_case(b"auth");
+    let Some(password) = &topo.pool.redis_auth else {
+        return is_auth.then(|| redis_error("Client sent AUTH, but no password is set".into()));
+    };
+    if is_auth {
+        let given = match args.len() {
+            2 => &frame[args[1].clone()],
+            3 if &frame[args[1].clone()] == b"default" => &frame[args[2].clone()],
+            3 => return Some(redis_error("invalid password".into())),
+            _ => return Some(wrong_args(name)),
+        };
+        if given == password.as_bytes() {
+            *authed = true;
+            return Some(Slot::Ready(Bytes::from_static(b"+OK\r\n")));
+        }
+        return Some(redis_error("invalid password".into()));
+    }
+    if !*authed && !name.eq_ignore_ascii_case(b"quit") {
+        return Some(Slot::Ready(Bytes::from_static(b"-NOAUTH Authentication required.\r\n")));
+    }
+    None
+}
+
+/// Route one Redis request (which has at least one argument). `authed` is the session's AUTH
+/// state, for pools with `redis_auth`.
+pub async fn redis(topo: &Topology, frame: Bytes, req: &redis::Request, authed: &mut bool) -> Slot {
+    if let Some(slot) = check_auth(topo, &frame, req, authed) {
+        return slot;
+    }
     let args = &req.args;
     let name = &frame[args[0].clone()];
     let argc = args.len();

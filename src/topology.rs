@@ -1,13 +1,15 @@
 //! A pool's routing state as one immutable snapshot: its config, ring and server connections.
 //!
-//! Sessions load the current snapshot once per batch of requests; a reload builds a new one and
-//! swaps it in atomically, so a request never sees half of an old topology and half of a new.
+//! Sessions load the current snapshot once per batch of requests; a reload or an ejection
+//! builds a new one and swaps it in atomically, so a request never sees half of an old topology
+//! and half of a new.
 
 use crate::config::PoolConfig;
 use crate::hash::{hash_tag_span, Ring, RingServer};
 use crate::upstream::Server;
 use arc_swap::ArcSwap;
 use std::sync::Arc;
+use tokio::sync::mpsc;
 
 /// One pool's servers and the ring that places keys on them.
 #[derive(Debug)]
@@ -18,26 +20,20 @@ pub struct Topology {
     pub servers: Vec<Arc<Server>>,
 }
 
+/// Told when a server of the pool is ejected.
+pub type HealthEvents = mpsc::UnboundedSender<()>;
+
 impl Topology {
     /// Build the ring and start the server connections. Must run inside a Tokio runtime.
     pub fn start(pool: &PoolConfig) -> Topology {
-        Topology::rebuild(pool, None)
+        Topology::rebuild(pool, None, None)
     }
 
     /// Build a pool's topology, keeping the connections of every server of `old` that is still
-    /// in the pool with the same address and connection settings.
-    pub fn rebuild(pool: &PoolConfig, old: Option<&Topology>) -> Topology {
-        let ring_servers: Vec<RingServer<'_>> = pool
-            .servers
-            .iter()
-            .map(|s| RingServer {
-                name: &s.name,
-                weight: s.weight,
-                live: true,
-            })
-            .collect();
-        let ring = Ring::build(&ring_servers, pool.distribution);
-        let servers = pool
+    /// in the pool with the same address and connection settings. Ejected servers are left
+    /// out of the ring, exactly as nutcracker leaves them out.
+    pub fn rebuild(pool: &PoolConfig, old: Option<&Topology>, events: Option<&HealthEvents>) -> Topology {
+        let servers: Vec<Arc<Server>> = pool
             .servers
             .iter()
             .map(|s| {
@@ -47,9 +43,20 @@ impl Topology {
                         .find(|k| k.addr == s.addr && k.same_connections(pool, s))
                 })
                 .cloned()
-                .unwrap_or_else(|| Server::start(pool, s))
+                .unwrap_or_else(|| Server::start(pool, s, events.cloned()))
             })
             .collect();
+        let ring_servers: Vec<RingServer<'_>> = pool
+            .servers
+            .iter()
+            .zip(&servers)
+            .map(|(s, srv)| RingServer {
+                name: &s.name,
+                weight: s.weight,
+                live: !srv.is_ejected(),
+            })
+            .collect();
+        let ring = Ring::build(&ring_servers, pool.distribution);
         Topology {
             pool: pool.clone(),
             ring,
@@ -67,3 +74,48 @@ impl Topology {
 
 /// The live topology of a pool, swapped whole on reload.
 pub type SharedTopology = Arc<ArcSwap<Topology>>;
+
+/// Rebuild the pool's ring whenever a server is ejected, and bring ejected servers back once a
+/// probe after `server_retry_timeout` connects. Ends when the pool drains.
+pub async fn watch_health(
+    topo: SharedTopology,
+    events: HealthEvents,
+    mut rx: mpsc::UnboundedReceiver<()>,
+    mut drain: tokio::sync::watch::Receiver<bool>,
+) {
+    let (rejoin_tx, mut rejoin_rx) = mpsc::unbounded_channel::<()>();
+    let mut probing: Vec<Arc<Server>> = Vec::new();
+    loop {
+        tokio::select! {
+            e = rx.recv() => if e.is_none() { return },
+            _ = rejoin_rx.recv() => {},
+            _ = drain.wait_for(|d| *d) => return,
+        }
+        while rx.try_recv().is_ok() {}
+        let current = topo.load_full();
+        let next = Topology::rebuild(&current.pool, Some(&current), Some(&events));
+        let ejected: Vec<&Arc<Server>> = next.servers.iter().filter(|s| s.is_ejected()).collect();
+        for s in &ejected {
+            if !probing.iter().any(|p| Arc::ptr_eq(p, s)) {
+                tracing::warn!(server = %s.addr, "ejected; retry in {:?}", s.retry_timeout());
+                probing.push(Arc::clone(s));
+                let (s, rejoin) = (Arc::clone(s), rejoin_tx.clone());
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(s.retry_timeout()).await;
+                        if Arc::strong_count(&s) == 1 {
+                            return; // the server left the pool meanwhile
+                        }
+                        if s.probe().await {
+                            tracing::info!(server = %s.addr, "back in the ring");
+                            let _ = rejoin.send(());
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+        probing.retain(|p| p.is_ejected());
+        topo.store(Arc::new(next));
+    }
+}

@@ -78,6 +78,11 @@ pub struct PoolConfig {
     pub server_failure_limit: u32,
     pub tcpkeepalive: bool,
     pub reuseport: bool,
+    /// Largest request accepted (line plus data), checked when the header is read (legate).
+    pub max_request_bytes: usize,
+    /// Close a client with nothing outstanding after this long without a request (legate);
+    /// `None`: never.
+    pub client_idle_timeout: Option<Duration>,
     /// Servers in nutcracker's order (sorted by name), which modula depends on.
     pub servers: Vec<ServerConfig>,
 }
@@ -114,6 +119,9 @@ fn err(pool: &str, key: &str, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Default `max_request_bytes`: a 512 MB value plus its command line.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = crate::protocol::MAX_VALUE_BYTES + 64 * 1024;
+
 const KEYS: &[&str] = &[
     "listen",
     "hash",
@@ -134,6 +142,8 @@ const KEYS: &[&str] = &[
     "reuseport",
     "servers",
     "protocol",
+    "max_request_bytes",
+    "client_idle_timeout",
 ];
 
 impl Config {
@@ -338,6 +348,11 @@ fn parse_pool(name: &str, v: Value) -> Result<PoolConfig, ConfigError> {
         server_connections: server_connections as u32,
         server_retry_timeout: Duration::from_millis(num("server_retry_timeout", 30_000, 0)? as u64),
         server_failure_limit: num("server_failure_limit", 2, 1)? as u32,
+        max_request_bytes: num("max_request_bytes", DEFAULT_MAX_REQUEST_BYTES as i64, 64)? as usize,
+        client_idle_timeout: match num("client_idle_timeout", 0, 0)? {
+            0 => None,
+            ms => Some(Duration::from_millis(ms as u64)),
+        },
         tcpkeepalive: boolean("tcpkeepalive")?,
         reuseport: boolean("reuseport")?,
         servers,

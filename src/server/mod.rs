@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Replies a session may owe before it stops reading requests.
-const SLOTS_IN_FLIGHT: usize = 4096;
+const SLOTS_IN_FLIGHT: usize = 1024;
 /// Reply bytes gathered before a write is forced.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
@@ -128,7 +128,20 @@ pub async fn accept_loop(listener: Listener, pool: PoolHandle) -> Listener {
         };
         let max_clients = pool.topo.load().pool.client_connections;
         if max_clients > 0 && clients.load(Ordering::Relaxed) >= max_clients as usize {
-            tracing::warn!(max_clients, "client_connections reached; closing a new client");
+            tracing::warn!(max_clients, "client_connections reached; refusing a new client");
+            let reply: &'static [u8] = match pool.protocol {
+                Protocol::Memcache => b"SERVER_ERROR too many open connections\r\n",
+                Protocol::Redis => b"-ERR max number of clients reached\r\n",
+            };
+            let mut w = w;
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+                    let _ = w.write_all(reply).await;
+                    let _ = w.shutdown().await;
+                })
+                .await;
+                drop(r);
+            });
             continue;
         }
         clients.fetch_add(1, Ordering::Relaxed);
@@ -152,9 +165,10 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(SLOTS_IN_FLIGHT);
-    let writer = tokio::spawn(write_replies(wr, rx, pool.protocol));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let writer = tokio::spawn(write_replies(wr, rx, pool.protocol, answered.clone()));
     let mut drain = pool.drain.clone();
-    let drained = read_requests(&mut rd, tx, &pool.topo, pool.protocol, &mut drain).await;
+    let drained = read_requests(&mut rd, tx, &pool.topo, pool.protocol, &mut drain, &answered).await;
     let _ = writer.await;
     if drained {
         // Every reply owed has been written and the write side shut. Read (and drop) what the
@@ -176,10 +190,14 @@ async fn read_requests<R: AsyncRead + Unpin>(
     topo: &SharedTopology,
     protocol: Protocol,
     drain: &mut watch::Receiver<bool>,
+    answered: &AtomicUsize,
 ) -> bool {
+    // Slots sent to the writer; with `answered`, tells whether the client is idle.
+    let mut sent = 0usize;
     if *drain.borrow() {
         return true;
     }
+    let mut authed = false;
     let mut buf = BytesMut::with_capacity(16 * 1024);
     // Parse again only once the buffer holds this many bytes.
     let mut need = 1;
@@ -213,7 +231,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
                             if req.args.is_empty() {
                                 None
                             } else {
-                                Some(router::redis(&t, frame, &req).await)
+                                Some(router::redis(&t, frame, &req, &mut authed).await)
                             }
                         }
                         Ok(Parse::Incomplete(n)) => {
@@ -225,11 +243,24 @@ async fn read_requests<R: AsyncRead + Unpin>(
                 };
                 if let Some(slot) = slot {
                     let close = matches!(slot, Slot::Close(_));
+                    sent += 1;
                     if tx.send(slot).await.is_err() || close {
                         return false;
                     }
                 }
             }
+        }
+        let limits = topo.load();
+        let (max_request, idle) = (limits.pool.max_request_bytes, limits.pool.client_idle_timeout);
+        drop(limits);
+        if need > max_request {
+            // Refused at the header, before the payload is buffered.
+            let reply: &'static [u8] = match protocol {
+                Protocol::Memcache => b"SERVER_ERROR object too large for cache\r\n",
+                Protocol::Redis => b"-ERR Protocol error: request larger than max_request_bytes\r\n",
+            };
+            let _ = tx.send(Slot::Close(Bytes::from_static(reply))).await;
+            return false;
         }
         let want = need.saturating_sub(buf.len()).clamp(8 * 1024, 4 * 1024 * 1024);
         if buf.capacity() - buf.len() < want {
@@ -242,6 +273,12 @@ async fn read_requests<R: AsyncRead + Unpin>(
             },
             _ = tx.closed() => return false,
             _ = drain.wait_for(|d| *d) => return true,
+            _ = tokio::time::sleep(idle.unwrap_or_default()), if idle.is_some() => {
+                if answered.load(Ordering::Relaxed) == sent {
+                    tracing::debug!("closing an idle client");
+                    return false;
+                }
+            }
         }
     }
 }
@@ -275,7 +312,12 @@ async fn take<W: AsyncWrite + Unpin>(
     }
 }
 
-async fn write_replies<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Slot>, protocol: Protocol) {
+async fn write_replies<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut rx: mpsc::Receiver<Slot>,
+    protocol: Protocol,
+    answered: Arc<AtomicUsize>,
+) {
     let mut out: VecDeque<Bytes> = VecDeque::new();
     let mut pending_bytes = 0;
     let result: std::io::Result<()> = async {
@@ -305,18 +347,31 @@ async fn write_replies<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<
                 Slot::Gather(g) => {
                     let mut replies = Vec::with_capacity(g.parts.len());
                     let mut failed = None;
+                    let mut answered = 0;
                     for mut r in g.parts {
                         match take(&mut r, &mut wr, &mut out).await? {
-                            Ok(b) => replies.push(b),
-                            Err(e) => failed = failed.or(Some(e)),
+                            Ok(b) => {
+                                answered += 1;
+                                replies.push(b);
+                            }
+                            Err(e) => {
+                                failed = failed.or(Some(e));
+                                // Stands in for the failed shard: its keys read as misses.
+                                replies.push(Bytes::from_static(b"END\r\n"));
+                            }
                         }
                     }
                     match failed {
+                        // A multi-get answers the hits it has; the failed shard's keys miss.
+                        Some(_) if matches!(g.merge, router::GatherMerge::McValues { .. }) && answered > 0 => {
+                            router::merge(&g.merge, &replies)
+                        }
                         Some(e) => router::failure(protocol, &e),
                         None => router::merge(&g.merge, &replies),
                     }
                 }
             };
+            answered.fetch_add(1, Ordering::Relaxed);
             pending_bytes += reply.len();
             out.push_back(reply);
             if pending_bytes >= WRITE_BATCH_BYTES || out.len() >= 1024 {

@@ -13,9 +13,10 @@ use bytes::{Buf, Bytes, BytesMut};
 use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::io::IoSlice;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
@@ -35,6 +36,8 @@ pub enum UpstreamError {
     Connect { server: String, reason: String },
     #[error("connection to {server} lost")]
     Lost { server: String },
+    #[error("request to {server} timed out")]
+    Timeout { server: String },
 }
 
 /// A server's reply (whole, as the server sent it) or why there is none.
@@ -76,8 +79,37 @@ pub struct Server {
     pub addr: Addr,
     /// What the connections were made with: a reload keeps them only when this is unchanged.
     target: Target,
+    health: Arc<Health>,
     conns: Vec<mpsc::Sender<Job>>,
     next: AtomicUsize,
+}
+
+/// A server's run of failures and whether it is out of the ring (`auto_eject_hosts`).
+#[derive(Debug)]
+pub struct Health {
+    failures: AtomicU32,
+    ejected: AtomicBool,
+    limit: u32,
+    auto_eject: bool,
+    /// Told when the server is ejected, so the pool rebuilds its ring.
+    events: Option<mpsc::UnboundedSender<()>>,
+}
+
+impl Health {
+    fn success(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn failure(&self) {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.auto_eject && n >= self.limit && !self.ejected.swap(true, Ordering::Relaxed) {
+            if let Some(events) = &self.events {
+                let _ = events.send(());
+            }
+        }
+    }
 }
 
 /// How long a closed server's connection waits for the replies it still owes.
@@ -96,6 +128,11 @@ struct Target {
     tcpkeepalive: bool,
     connections: u32,
     preconnect: bool,
+    /// Per request, from when it is written.
+    timeout: Option<Duration>,
+    auto_eject: bool,
+    failure_limit: u32,
+    retry_timeout: Duration,
 }
 
 fn target(pool: &PoolConfig, server: &ServerConfig) -> Target {
@@ -109,6 +146,10 @@ fn target(pool: &PoolConfig, server: &ServerConfig) -> Target {
         tcpkeepalive: pool.tcpkeepalive,
         connections: pool.server_connections.max(1),
         preconnect: pool.preconnect,
+        timeout: pool.timeout,
+        auto_eject: pool.auto_eject_hosts,
+        failure_limit: pool.server_failure_limit.max(1),
+        retry_timeout: pool.server_retry_timeout,
     }
 }
 
@@ -116,12 +157,20 @@ impl Server {
     /// Start `server_connections` connection tasks for `server` (connected lazily on first use,
     /// or at once with `preconnect`). Must be called inside a Tokio runtime. The tasks end when
     /// the returned value is dropped.
-    pub fn start(pool: &PoolConfig, server: &ServerConfig) -> Arc<Server> {
+    /// `events` is told when the server is ejected (with `auto_eject_hosts`).
+    pub fn start(pool: &PoolConfig, server: &ServerConfig, events: Option<mpsc::UnboundedSender<()>>) -> Arc<Server> {
         let target = target(pool, server);
+        let health = Arc::new(Health {
+            failures: AtomicU32::new(0),
+            ejected: AtomicBool::new(false),
+            limit: target.failure_limit,
+            auto_eject: target.auto_eject,
+            events,
+        });
         let conns = (0..target.connections)
             .map(|_| {
                 let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-                tokio::spawn(run_connection(target.clone(), rx, target.preconnect));
+                tokio::spawn(run_connection(target.clone(), health.clone(), rx, target.preconnect));
                 tx
             })
             .collect();
@@ -129,9 +178,35 @@ impl Server {
             name: server.name.clone(),
             addr: server.addr.clone(),
             target,
+            health,
             conns,
             next: AtomicUsize::new(0),
         })
+    }
+
+    /// Out of the ring after `server_failure_limit` failures in a row.
+    pub fn is_ejected(&self) -> bool {
+        self.health.ejected.load(Ordering::Relaxed)
+    }
+
+    /// How long an ejected server stays out before it is tried again.
+    pub fn retry_timeout(&self) -> Duration {
+        self.target.retry_timeout
+    }
+
+    /// Try a fresh connection (with AUTH/SELECT); on success the server rejoins.
+    pub async fn probe(&self) -> bool {
+        match connect(&self.target).await {
+            Ok(_) => {
+                self.health.failures.store(0, Ordering::Relaxed);
+                self.health.ejected.store(false, Ordering::Relaxed);
+                true
+            }
+            Err(reason) => {
+                tracing::info!(server = %self.target.label, %reason, "ejected server still down");
+                false
+            }
+        }
     }
 
     /// True when this server's connections are what `server` in `pool` would open: a reload
@@ -224,41 +299,68 @@ async fn connect(t: &Target) -> Result<Box<dyn Stream>, String> {
     Ok(s)
 }
 
-/// A job the writer has sent and the reader must complete.
+/// A job the writer has sent and the reader must complete. `done` is taken when the request
+/// times out: its late reply is then read and dropped.
 struct Pending {
     framing: Framing,
-    done: oneshot::Sender<Reply>,
+    done: Option<oneshot::Sender<Reply>>,
+    deadline: Option<Instant>,
 }
 
-async fn run_connection(t: Target, mut rx: mpsc::Receiver<Job>, preconnect: bool) {
+/// Requests that timed out but whose replies have not arrived yet, above which the connection
+/// is closed and reopened rather than waited on.
+const MAX_ABANDONED: usize = 1024;
+/// First and largest pause between reconnect attempts after a connect failure.
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+fn fail_all(batch: &mut Vec<Job>, err: &UpstreamError) {
+    for job in batch.drain(..) {
+        if let Some(done) = job.done {
+            let _ = done.send(Err(err.clone()));
+        }
+    }
+}
+
+async fn run_connection(t: Target, health: Arc<Health>, mut rx: mpsc::Receiver<Job>, preconnect: bool) {
     let mut batch: Vec<Job> = Vec::with_capacity(BATCH);
     let mut first = preconnect;
+    let mut backoff = BACKOFF_MIN;
+    // While backing off, requests fail at once with the last connect error.
+    let mut down: Option<(Instant, UpstreamError)> = None;
     loop {
         if !first && rx.recv_many(&mut batch, BATCH).await == 0 {
             return;
         }
         first = false;
+        if let Some((until, err)) = &down {
+            if Instant::now() < *until {
+                fail_all(&mut batch, err);
+                continue;
+            }
+        }
         let stream = match connect(&t).await {
             Ok(s) => s,
             Err(reason) => {
                 tracing::warn!(server = %t.label, %reason, "cannot connect");
-                for job in batch.drain(..) {
-                    if let Some(done) = job.done {
-                        let _ = done.send(Err(UpstreamError::Connect {
-                            server: t.label.clone(),
-                            reason: reason.clone(),
-                        }));
-                    }
-                }
+                let err = UpstreamError::Connect {
+                    server: t.label.clone(),
+                    reason,
+                };
+                health.failure();
+                fail_all(&mut batch, &err);
+                down = Some((Instant::now() + backoff, err));
+                backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
             }
         };
+        down = None;
+        backoff = BACKOFF_MIN;
         tracing::debug!(server = %t.label, "connected");
         let (rd, mut wr) = tokio::io::split(stream);
         let (ptx, prx) = mpsc::unbounded_channel();
-        let mut reader = tokio::spawn(read_replies(rd, prx, t.label.clone()));
-        let ended = write_requests(&mut wr, &mut rx, &mut batch, &ptx).await;
-        batch.clear();
+        let mut reader = tokio::spawn(read_replies(rd, prx, t.label.clone(), health.clone()));
+        let ended = write_requests(&mut wr, &mut rx, &mut batch, &ptx, t.timeout).await;
         if ended {
             // The server left the topology: let the reader collect the replies still owed.
             drop(ptx);
@@ -267,7 +369,14 @@ async fn run_connection(t: Target, mut rx: mpsc::Receiver<Job>, preconnect: bool
             }
             return;
         }
+        // The reader ended (connection lost, bad reply, too many abandoned requests) or a write
+        // failed: whatever was in flight is answered "connection lost" when its sender drops.
         reader.abort();
+        health.failure();
+        let lost = UpstreamError::Lost {
+            server: t.label.clone(),
+        };
+        fail_all(&mut batch, &lost);
         tracing::warn!(server = %t.label, "connection lost; reconnecting on next request");
     }
 }
@@ -278,16 +387,23 @@ async fn write_requests<W: AsyncWrite + Unpin>(
     rx: &mut mpsc::Receiver<Job>,
     batch: &mut Vec<Job>,
     ptx: &mpsc::UnboundedSender<Pending>,
+    timeout: Option<Duration>,
 ) -> bool {
     let mut out: VecDeque<Bytes> = VecDeque::new();
     loop {
+        let deadline = timeout.map(|t| Instant::now() + t);
         for job in batch.drain(..) {
             match (job.framing, job.done) {
                 (Framing::None, Some(done)) => {
                     let _ = done.send(Ok(Bytes::new()));
                 }
                 (framing, Some(done)) => {
-                    if ptx.send(Pending { framing, done }).is_err() {
+                    let p = Pending {
+                        framing,
+                        done: Some(done),
+                        deadline,
+                    };
+                    if ptx.send(p).is_err() {
                         return false;
                     }
                 }
@@ -305,40 +421,36 @@ async fn write_requests<W: AsyncWrite + Unpin>(
     }
 }
 
-async fn read_replies<R: AsyncRead + Unpin>(mut rd: R, mut prx: mpsc::UnboundedReceiver<Pending>, label: String) {
+async fn read_replies<R: AsyncRead + Unpin>(
+    mut rd: R,
+    mut prx: mpsc::UnboundedReceiver<Pending>,
+    label: String,
+    health: Arc<Health>,
+) {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut queue: VecDeque<Pending> = VecDeque::new();
+    // The first `expired` entries of the queue timed out (deadlines only grow along the queue).
+    let mut expired = 0usize;
+    let mut writer_open = true;
     let mut mscan = memcache::ReplyScan::default();
     let mut rscan = redis::ReplyScan::default();
     loop {
-        if queue.is_empty() && buf.is_empty() {
-            // Idle: wait for the next request or a reply, and end once no more can come.
-            tokio::select! {
-                biased;
-                p = prx.recv() => match p {
-                    Some(p) => {
-                        queue.push_back(p);
-                        continue;
-                    }
-                    None => return,
-                },
-                r = rd.read_buf(&mut buf) => match r {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                },
+        while writer_open {
+            match prx.try_recv() {
+                Ok(p) => queue.push_back(p),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => writer_open = false,
             }
         }
+        // Frame every complete reply in the buffer.
         while !buf.is_empty() {
-            if queue.is_empty() {
-                match prx.recv().await {
-                    Some(p) => queue.push_back(p),
-                    None => return,
+            let Some(front) = queue.front() else {
+                if writer_open {
+                    break; // its request's entry is on the way
                 }
-            }
-            while let Ok(p) = prx.try_recv() {
-                queue.push_back(p);
-            }
-            let front = &queue[0];
+                tracing::warn!(server = %label, "reply without a request; closing the connection");
+                return;
+            };
             let scanned = match front.framing {
                 Framing::Memcache(kind) => memcache::scan_reply(&buf, kind, &mut mscan).map_err(|e| e.to_string()),
                 Framing::Redis => redis::scan_reply(&buf, &mut rscan).map_err(|e| e.to_string()),
@@ -348,11 +460,15 @@ async fn read_replies<R: AsyncRead + Unpin>(mut rd: R, mut prx: mpsc::UnboundedR
                 Ok(Some(n)) => {
                     let mut reply = buf.split_to(n).freeze();
                     let p = queue.pop_front().expect("queue is not empty");
+                    expired = expired.saturating_sub(1);
                     if p.framing == Framing::Memcache(memcache::ReplyKind::MetaQuiet) {
                         // Drop the MN that answers the mn legate appended.
                         reply.truncate(reply.len().saturating_sub(4));
                     }
-                    let _ = p.done.send(Ok(reply));
+                    health.success();
+                    if let Some(done) = p.done {
+                        let _ = done.send(Ok(reply));
+                    }
                 }
                 Ok(None) => break,
                 Err(reason) => {
@@ -361,15 +477,40 @@ async fn read_replies<R: AsyncRead + Unpin>(mut rd: R, mut prx: mpsc::UnboundedR
                 }
             }
         }
-        if queue.is_empty() && buf.is_empty() {
-            continue;
+        if !writer_open && queue.is_empty() {
+            return;
         }
+        let deadline = queue.get(expired).and_then(|p| p.deadline);
         if buf.capacity() - buf.len() < 8 * 1024 {
             buf.reserve(64 * 1024);
         }
-        match rd.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+        tokio::select! {
+            p = prx.recv(), if writer_open => match p {
+                Some(p) => queue.push_back(p),
+                None => writer_open = false,
+            },
+            r = rd.read_buf(&mut buf) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {
+                let now = Instant::now();
+                while let Some(p) = queue.get_mut(expired) {
+                    if p.deadline.is_some_and(|d| d <= now) {
+                        if let Some(done) = p.done.take() {
+                            let _ = done.send(Err(UpstreamError::Timeout { server: label.clone() }));
+                        }
+                        expired += 1;
+                    } else {
+                        break;
+                    }
+                }
+                health.failure();
+                if expired > MAX_ABANDONED {
+                    tracing::warn!(server = %label, "too many requests timed out; reopening the connection");
+                    return;
+                }
+            },
         }
     }
 }
