@@ -67,8 +67,12 @@ impl Drop for Proc {
 
 /// A memcached allowing items up to 20 MB.
 pub fn memcached() -> Proc {
+    memcached_on(free_port())
+}
+
+/// A memcached on a given port (to restart one that was killed).
+pub fn memcached_on(port: u16) -> Proc {
     let bin = require("memcached", "memcached");
-    let port = free_port();
     let mut cmd = Command::new(bin);
     cmd.args([
         "-l",
@@ -98,8 +102,12 @@ pub fn memcached() -> Proc {
 
 /// A redis-server with no persistence.
 pub fn redis_server() -> Proc {
+    redis_server_with(free_port(), &[])
+}
+
+/// A redis-server on a given port with extra arguments (`--requirepass`, ...).
+pub fn redis_server_with(port: u16, extra: &[&str]) -> Proc {
     let bin = require("redis-server", "redis-server");
-    let port = free_port();
     let mut child = Command::new(bin)
         .args([
             "--port",
@@ -111,6 +119,7 @@ pub fn redis_server() -> Proc {
             "--appendonly",
             "no",
         ])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -324,4 +333,33 @@ pub fn run(cmd: &mut Command) -> String {
 
 pub fn exists(p: &Path) -> bool {
     p.exists()
+}
+
+/// Resident set size of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Poll `f` until it returns true, failing after 15 s with `what`.
+pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < Duration::from_secs(15), "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A RESP command from space-separated words.
+pub fn cmd(line: &str) -> Vec<u8> {
+    let args: Vec<&str> = line.split(' ').collect();
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+    }
+    out
 }
