@@ -1,6 +1,12 @@
 //! The `legate` binary: command line, logging, runtime and signals around [`legate::run`].
 
 use clap::Parser;
+
+// jemalloc (configured in .cargo/config.toml) gives memory freed by a burst of clients back to
+// the system within about a second; glibc's malloc keeps most of it in per-thread arenas.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -36,6 +42,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+
+    // Each client and server connection is a descriptor: take what the hard limit allows.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!("cannot raise the open-file limit: {e}");
+    }
 
     let config = match legate::config::Config::load(&args.conf) {
         Ok(c) => c,

@@ -198,7 +198,8 @@ async fn read_requests<R: AsyncRead + Unpin>(
         return true;
     }
     let mut authed = false;
-    let mut buf = BytesMut::with_capacity(16 * 1024);
+    // Allocated on the first read: a client that never sends costs no buffer.
+    let mut buf = BytesMut::new();
     // Parse again only once the buffer holds this many bytes.
     let mut need = 1;
     loop {
@@ -262,7 +263,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
             let _ = tx.send(Slot::Close(Bytes::from_static(reply))).await;
             return false;
         }
-        let want = need.saturating_sub(buf.len()).clamp(8 * 1024, 4 * 1024 * 1024);
+        let want = need.saturating_sub(buf.len()).clamp(16 * 1024, 4 * 1024 * 1024);
         if buf.capacity() - buf.len() < want {
             buf.reserve(want);
         }

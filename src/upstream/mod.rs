@@ -422,13 +422,33 @@ async fn write_requests<W: AsyncWrite + Unpin>(
 }
 
 async fn read_replies<R: AsyncRead + Unpin>(
-    mut rd: R,
+    rd: R,
     mut prx: mpsc::UnboundedReceiver<Pending>,
     label: String,
     health: Arc<Health>,
 ) {
-    let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut queue: VecDeque<Pending> = VecDeque::new();
+    read_loop(rd, &mut prx, &label, health, &mut queue).await;
+    // Whatever is still owed will not come: say which server was lost.
+    prx.close();
+    while let Ok(p) = prx.try_recv() {
+        queue.push_back(p);
+    }
+    for p in queue {
+        if let Some(done) = p.done {
+            let _ = done.send(Err(UpstreamError::Lost { server: label.clone() }));
+        }
+    }
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut rd: R,
+    prx: &mut mpsc::UnboundedReceiver<Pending>,
+    label: &str,
+    health: Arc<Health>,
+    queue: &mut VecDeque<Pending>,
+) {
+    let mut buf = BytesMut::with_capacity(16 * 1024);
     // The first `expired` entries of the queue timed out (deadlines only grow along the queue).
     let mut expired = 0usize;
     let mut writer_open = true;
@@ -498,7 +518,7 @@ async fn read_replies<R: AsyncRead + Unpin>(
                 while let Some(p) = queue.get_mut(expired) {
                     if p.deadline.is_some_and(|d| d <= now) {
                         if let Some(done) = p.done.take() {
-                            let _ = done.send(Err(UpstreamError::Timeout { server: label.clone() }));
+                            let _ = done.send(Err(UpstreamError::Timeout { server: label.to_string() }));
                         }
                         expired += 1;
                     } else {
