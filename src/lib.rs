@@ -1,6 +1,8 @@
 //! legate: an ambassador proxy for memcache and Redis.
 //!
 //! # Layout
+//! - [`admin`]: the HTTP admin endpoint (/metrics, /stats, /health, /ready, /config, /reload).
+//! - [`adapter`]: backend statistics (Redis INFO, memcached stats) under one set of metric names.
 //! - [`config`]: twemproxy's YAML (and legate's extensions) parsed and validated.
 //! - [`hash`]: the 12 twemproxy hash functions, hash tags, and the ketama/modula/random rings.
 //! - [`protocol`]: pure codecs: memcache text and Redis RESP requests and reply scanners.
@@ -8,12 +10,16 @@
 //! - [`router`]: a parsed request -> the server(s) it goes to, split and merged when needed.
 //! - [`server`]: listeners and client sessions (parse, route, reply in order).
 //! - [`upstream`]: pipelined connections to the backend servers.
+//! - [`metrics`]: the proxy's counters, published to the Prometheus exporter.
 //! - [`reload`]: the running pools; config reloads (file watch, SIGHUP) and draining.
 
 #![forbid(unsafe_code)]
 
+pub mod adapter;
+pub mod admin;
 pub mod config;
 pub mod hash;
+pub mod metrics;
 pub mod protocol;
 pub mod reload;
 pub mod router;
@@ -33,8 +39,24 @@ pub async fn run(config: config::Config, shutdown: impl Future<Output = ()>) -> 
     run_with(config, Options::default(), shutdown).await
 }
 
-/// Bind every pool's listener, start its servers, reload on SIGHUP and file changes (when
-/// `options` names the file), and serve until `shutdown` resolves; then drain.
+/// Install the Prometheus recorder (once per process); `None` when another is installed.
+fn install_recorder() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&[
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ])
+        .ok()?
+        .build_recorder();
+    let handle = recorder.handle();
+    ::metrics::set_global_recorder(recorder).ok()?;
+    metrics::describe();
+    adapter::describe();
+    Some(handle)
+}
+
+/// Bind every pool's listener, start its servers, serve the admin endpoint, reload on SIGHUP,
+/// file changes and `POST /reload` (when `options` names the file), and serve until `shutdown`
+/// resolves; then drain.
 ///
 /// Listeners are bound before anything is served, so a port already in use fails the start
 /// with the pool's name rather than leaving half the pools up.
@@ -46,9 +68,64 @@ pub async fn run_with(
     options: Options,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::sync::Arc;
     use tokio::signal::unix::{signal, SignalKind};
     router::mark_start();
+    let prometheus = install_recorder();
+    let admin_listener = match options.admin {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("admin endpoint: cannot listen on {a}"))?,
+        ),
+        None => None,
+    };
+    let stats_listener = match options.stats {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("stats port: cannot listen on {a}"))?,
+        ),
+        None => None,
+    };
     let mut pools = reload::Pools::start(&config)?;
+    let (admin_reload_tx, mut admin_reloads) = tokio::sync::mpsc::unbounded_channel();
+    let status = Arc::new(admin::Status {
+        pools: std::sync::Mutex::new(pools.snapshot()),
+        generation: std::sync::atomic::AtomicU64::new(pools.generation()),
+        last_error: std::sync::Mutex::new(None),
+        started: std::time::Instant::now(),
+        backends: adapter::Backends::default(),
+        prometheus,
+        reload: admin_reload_tx,
+    });
+    ::metrics::gauge!("legate_config_generation").set(pools.generation() as f64);
+    if let Some(l) = admin_listener {
+        tracing::info!("admin endpoint on http://{}", l.local_addr()?);
+        tokio::spawn(admin::serve(l, status.clone()));
+    }
+    if let Some(l) = stats_listener {
+        tracing::info!("twemproxy stats on {}", l.local_addr()?);
+        tokio::spawn(admin::serve_raw_stats(l, status.clone()));
+    }
+    {
+        let status = status.clone();
+        let interval = options.scrape_interval;
+        tokio::spawn(async move {
+            loop {
+                let current: Vec<topology::SharedTopology> = status
+                    .pools
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .map(|(_, t)| t.clone())
+                    .collect();
+                adapter::scrape_once(&current, &status.backends).await;
+                tokio::time::sleep(interval).await;
+            }
+        });
+    }
     let (tx, mut triggers) = tokio::sync::mpsc::unbounded_channel();
     let _watcher = match (&options.config_path, options.watch) {
         (Some(path), true) => match reload::watch_file(path, tx.clone()) {
@@ -67,14 +144,27 @@ pub async fn run_with(
     };
     tokio::pin!(shutdown);
     loop {
-        let trigger = tokio::select! {
+        let (trigger, answer) = tokio::select! {
             _ = &mut shutdown => break,
-            _ = hup.recv() => reload::Trigger::Signal,
-            Some(t) = triggers.recv() => t,
+            _ = hup.recv() => (reload::Trigger::Signal, None),
+            Some(t) = triggers.recv() => (t, None),
+            Some(a) = admin_reloads.recv() => (reload::Trigger::Signal, Some(a)),
         };
-        match &options.config_path {
+        let result = match &options.config_path {
             Some(path) => reload::reload(&mut pools, path, &mut last_text, trigger).await,
-            None => tracing::warn!("reload asked for, but no config file is known"),
+            None => Err("no config file is known".to_string()),
+        };
+        match &result {
+            Ok(Some(g)) => {
+                status.generation.store(*g, std::sync::atomic::Ordering::Relaxed);
+                *status.pools.lock().unwrap_or_else(|e| e.into_inner()) = pools.snapshot();
+                *status.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            }
+            Ok(None) => {}
+            Err(e) => *status.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.clone()),
+        }
+        if let Some(answer) = answer {
+            let _ = answer.send(result.map(|g| g.unwrap_or_else(|| pools.generation())));
         }
     }
     tracing::info!("shutting down: draining clients (at most {:?})", options.drain_timeout);

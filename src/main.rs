@@ -23,6 +23,18 @@ struct Args {
     /// Worker threads (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
+    /// Admin HTTP endpoint (/metrics, /stats, /health, /ready, /config, POST /reload); `off` disables it.
+    #[arg(long, default_value = "127.0.0.1:22222")]
+    admin: String,
+    /// twemproxy's stats port: JSON written on each accepted connection (off unless given).
+    #[arg(short = 's', long = "stats-port")]
+    stats_port: Option<u16>,
+    /// Address for the stats port.
+    #[arg(short = 'a', long = "stats-addr", default_value = "0.0.0.0")]
+    stats_addr: String,
+    /// Seconds between backend statistics scrapes (Redis INFO, memcached stats).
+    #[arg(long, default_value_t = 10.0)]
+    scrape_interval: f64,
     /// Do not watch the config file for changes (SIGHUP still reloads it).
     #[arg(long)]
     no_watch: bool,
@@ -75,7 +87,28 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let admin = match args.admin.as_str() {
+        "off" | "none" | "" => None,
+        a => match a.parse() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                eprintln!("legate: --admin {a}: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let stats = match args.stats_port.map(|p| format!("{}:{p}", args.stats_addr).parse()) {
+        None => None,
+        Some(Ok(a)) => Some(a),
+        Some(Err(e)) => {
+            eprintln!("legate: -a {}: {e}", args.stats_addr);
+            return ExitCode::FAILURE;
+        }
+    };
     let options = legate::Options {
+        admin,
+        stats,
+        scrape_interval: std::time::Duration::from_secs_f64(args.scrape_interval.max(0.05)),
         config_path: Some(args.conf.clone()),
         watch: !args.no_watch,
         drain_timeout: std::time::Duration::from_secs_f64(args.drain_timeout.max(0.0)),

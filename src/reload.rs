@@ -164,6 +164,17 @@ impl Pools {
         })
     }
 
+    /// Every running pool's config and live topology.
+    pub fn snapshot(&self) -> Vec<(PoolConfig, SharedTopology)> {
+        let mut v: Vec<_> = self
+            .pools
+            .values()
+            .map(|p| (p.config.clone(), p.topo.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        v
+    }
+
     /// The generation of the running config: 1 at start, one more per applied reload.
     pub fn generation(&self) -> u64 {
         self.generation
@@ -324,6 +335,12 @@ pub struct ConfigWatcher {
 /// What `run` needs besides the first config.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// The admin HTTP endpoint; `None` turns it off.
+    pub admin: Option<std::net::SocketAddr>,
+    /// twemproxy's raw stats port (JSON on accept); `None` turns it off.
+    pub stats: Option<std::net::SocketAddr>,
+    /// How often the backends are asked for their statistics.
+    pub scrape_interval: Duration,
     /// The file to re-read on SIGHUP and on change; `None` turns reloading off.
     pub config_path: Option<PathBuf>,
     /// Watch the file for changes (SIGHUP works either way).
@@ -335,6 +352,9 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
+            admin: None,
+            stats: None,
+            scrape_interval: Duration::from_secs(10),
             config_path: None,
             watch: false,
             drain_timeout: Duration::from_secs(10),
@@ -344,39 +364,42 @@ impl Default for Options {
 
 /// Re-read and apply the config file; an invalid file keeps the running config.
 /// `last_text` is the text last read, so repeated change events for one save act once.
-pub async fn reload(pools: &mut Pools, path: &Path, last_text: &mut String, trigger: Trigger) {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!(
-                "config reload failed, keeping generation {}: cannot read {}: {e}",
-                pools.generation(),
-                path.display()
-            );
-            return;
+/// Returns the new generation, `Ok(None)` when a change event brought nothing new, or why the
+/// file was refused.
+///
+/// # Errors
+/// The file cannot be read, is invalid, or a new listener cannot be bound.
+pub async fn reload(
+    pools: &mut Pools,
+    path: &Path,
+    last_text: &mut String,
+    trigger: Trigger,
+) -> Result<Option<u64>, String> {
+    let result = async {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        // A change event with the text already seen (applied or refused) is an echo of one save.
+        if text == *last_text && trigger == Trigger::FileChanged {
+            return Ok(None);
         }
-    };
-    // A change event with the text already seen (applied or refused) is an echo of the same save.
-    if text == *last_text && trigger == Trigger::FileChanged {
-        return;
+        last_text.clone_from(&text);
+        let config = Config::parse(&text).map_err(|e| e.to_string())?;
+        let changes = pools.apply(&config).await.map_err(|e| format!("{e:#}"))?;
+        let what = if changes.is_empty() {
+            "no changes".to_string()
+        } else {
+            changes.join("; ")
+        };
+        tracing::info!("config generation {} applied: {what}", pools.generation());
+        Ok(Some(pools.generation()))
     }
-    last_text.clone_from(&text);
-    let config = match Config::parse(&text) {
-        Ok(c) => c,
+    .await;
+    match &result {
+        Ok(Some(g)) => crate::metrics::reload_result(true, *g),
+        Ok(None) => {}
         Err(e) => {
             tracing::error!("config reload failed, keeping generation {}: {e}", pools.generation());
-            return;
+            crate::metrics::reload_result(false, pools.generation());
         }
-    };
-    match pools.apply(&config).await {
-        Ok(changes) => {
-            let what = if changes.is_empty() {
-                "no changes".to_string()
-            } else {
-                changes.join("; ")
-            };
-            tracing::info!("config generation {} applied: {what}", pools.generation());
-        }
-        Err(e) => tracing::error!("config reload failed, keeping generation {}: {e:#}", pools.generation()),
     }
+    result
 }

@@ -5,6 +5,7 @@
 //! the replies back in the client's key order. Requests the proxy answers itself get a ready slot.
 
 use crate::config::Protocol;
+use crate::metrics::Class;
 use crate::protocol::memcache::{self, Command};
 use crate::protocol::redis::{self, CommandKind, Merge};
 use crate::topology::Topology;
@@ -81,12 +82,15 @@ fn group_by_server(topo: &Topology, keys: &[&[u8]]) -> Option<(Vec<Part>, Vec<u3
 }
 
 async fn send_one(topo: &Topology, server: usize, parts: SmallVec<[Bytes; 2]>, framing: Framing) -> Slot {
+    topo.stats.request(Class::Single);
     let (job, rx) = Job::new(parts, framing);
     topo.servers[server].send(job).await;
     Slot::One(rx)
 }
 
 async fn send_gather(topo: &Topology, requests: Vec<(usize, Bytes)>, framing: Framing, merge: GatherMerge) -> Slot {
+    topo.stats.request(Class::Multi);
+    topo.stats.count(&topo.stats.fragments, requests.len() as u64);
     let mut parts = Vec::with_capacity(requests.len());
     for (server, bytes) in requests {
         let (job, rx) = Job::new(smallvec![bytes], framing);
@@ -99,6 +103,12 @@ async fn send_gather(topo: &Topology, requests: Vec<(usize, Bytes)>, framing: Fr
 /// Route one memcache request. `None`: nothing goes back to the client (noreply).
 pub async fn memcache(topo: &Topology, frame: Bytes, req: &memcache::Request) -> Option<Slot> {
     let framing = Framing::Memcache(req.reply_kind());
+    if matches!(
+        req.command,
+        Command::Version | Command::Verbosity | Command::Quit | Command::Stats
+    ) {
+        topo.stats.request(Class::Proxy);
+    }
     match req.command {
         Command::Get | Command::Gets | Command::Gat | Command::Gats => {
             let keys: Vec<&[u8]> = req.keys.iter().map(|r| &frame[r.clone()]).collect();
@@ -129,7 +139,10 @@ pub async fn memcache(topo: &Topology, frame: Bytes, req: &memcache::Request) ->
             let keys = req.keys.iter().map(|r| frame.slice(r.clone())).collect();
             Some(send_gather(topo, requests, framing, GatherMerge::McValues { keys, part_of_key }).await)
         }
-        Command::MetaNoop => Some(Slot::Ready(Bytes::from_static(b"MN\r\n"))),
+        Command::MetaNoop => {
+            topo.stats.request(Class::Proxy);
+            Some(Slot::Ready(Bytes::from_static(b"MN\r\n")))
+        }
         Command::Version => Some(Slot::Ready(Bytes::from(format!(
             "VERSION legate-{}\r\n",
             env!("CARGO_PKG_VERSION")
@@ -139,6 +152,7 @@ pub async fn memcache(topo: &Topology, frame: Bytes, req: &memcache::Request) ->
         Command::Stats => Some(Slot::Ready(proxy_stats())),
         Command::FlushAll => {
             if req.noreply {
+                topo.stats.request(Class::Multi);
                 for s in &topo.servers {
                     s.send(Job {
                         parts: smallvec![frame.clone()],
@@ -158,6 +172,7 @@ pub async fn memcache(topo: &Topology, frame: Bytes, req: &memcache::Request) ->
                 return (!req.noreply).then(|| Slot::Ready(error_reply(Protocol::Memcache, NO_SERVER)));
             };
             if req.noreply {
+                topo.stats.request(Class::Single);
                 topo.servers[server]
                     .send(Job {
                         parts: smallvec![frame],
@@ -271,12 +286,20 @@ fn check_auth(topo: &Topology, frame: &Bytes, req: &redis::Request, authed: &mut
 /// state, for pools with `redis_auth`.
 pub async fn redis(topo: &Topology, frame: Bytes, req: &redis::Request, authed: &mut bool) -> Slot {
     if let Some(slot) = check_auth(topo, &frame, req, authed) {
+        topo.stats.request(Class::Proxy);
         return slot;
     }
     let args = &req.args;
     let name = &frame[args[0].clone()];
     let argc = args.len();
     let kind = redis::lookup(name);
+    match kind {
+        CommandKind::Ping | CommandKind::Echo | CommandKind::Quit | CommandKind::Select | CommandKind::Command => {
+            topo.stats.request(Class::Proxy)
+        }
+        CommandKind::Unsupported => topo.stats.request(Class::Unsupported),
+        _ => {}
+    }
     let route_by = |key_arg: usize| topo.server_for(&frame[args[key_arg].clone()]);
     match kind {
         CommandKind::Single | CommandKind::Eval => {

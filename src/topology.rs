@@ -6,6 +6,7 @@
 
 use crate::config::PoolConfig;
 use crate::hash::{hash_tag_span, Ring, RingServer};
+use crate::metrics::PoolStats;
 use crate::upstream::Server;
 use arc_swap::ArcSwap;
 use std::sync::Arc;
@@ -18,6 +19,8 @@ pub struct Topology {
     pub ring: Ring,
     /// In the pool's server order (the ring's indexes).
     pub servers: Vec<Arc<Server>>,
+    /// The pool's counters, kept across reloads.
+    pub stats: Arc<PoolStats>,
 }
 
 /// Told when a server of the pool is ejected.
@@ -61,6 +64,9 @@ impl Topology {
             pool: pool.clone(),
             ring,
             servers,
+            stats: old
+                .map(|o| o.stats.clone())
+                .unwrap_or_else(|| PoolStats::new(&pool.name)),
         }
     }
 

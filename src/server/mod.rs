@@ -147,9 +147,14 @@ pub async fn accept_loop(listener: Listener, pool: PoolHandle) -> Listener {
         clients.fetch_add(1, Ordering::Relaxed);
         let clients = clients.clone();
         let pool = pool.clone();
+        let stats = pool.topo.load().stats.clone();
+        stats.client_connections.fetch_add(1, Ordering::Relaxed);
+        stats.clients_total.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             session(r, w, pool).await;
             clients.fetch_sub(1, Ordering::Relaxed);
+            stats.client_connections.fetch_sub(1, Ordering::Relaxed);
+            stats.client_eof.fetch_add(1, Ordering::Relaxed);
         });
     }
 }
@@ -166,7 +171,8 @@ where
 {
     let (tx, rx) = mpsc::channel(SLOTS_IN_FLIGHT);
     let answered = Arc::new(AtomicUsize::new(0));
-    let writer = tokio::spawn(write_replies(wr, rx, pool.protocol, answered.clone()));
+    let stats = pool.topo.load().stats.clone();
+    let writer = tokio::spawn(write_replies(wr, rx, pool.protocol, answered.clone(), stats));
     let mut drain = pool.drain.clone();
     let drained = read_requests(&mut rd, tx, &pool.topo, pool.protocol, &mut drain, &answered).await;
     let _ = writer.await;
@@ -217,6 +223,10 @@ async fn read_requests<R: AsyncRead + Unpin>(
                             break;
                         }
                         Err(e) => {
+                            t.stats.request(crate::metrics::Class::Error);
+                            if e.fatal {
+                                t.stats.client_err.fetch_add(1, Ordering::Relaxed);
+                            }
                             let _ = buf.split_to(e.consumed.min(buf.len()));
                             let reply = Bytes::from_static(e.reply.as_bytes());
                             Some(if e.fatal {
@@ -239,7 +249,11 @@ async fn read_requests<R: AsyncRead + Unpin>(
                             need = needed(n, buf.len());
                             break;
                         }
-                        Err(e) => Some(Slot::Close(Bytes::from(e.reply()))),
+                        Err(e) => {
+                            t.stats.request(crate::metrics::Class::Error);
+                            t.stats.client_err.fetch_add(1, Ordering::Relaxed);
+                            Some(Slot::Close(Bytes::from(e.reply())))
+                        }
                     },
                 };
                 if let Some(slot) = slot {
@@ -318,6 +332,7 @@ async fn write_replies<W: AsyncWrite + Unpin>(
     mut rx: mpsc::Receiver<Slot>,
     protocol: Protocol,
     answered: Arc<AtomicUsize>,
+    stats: Arc<crate::metrics::PoolStats>,
 ) {
     let mut out: VecDeque<Bytes> = VecDeque::new();
     let mut pending_bytes = 0;
@@ -343,7 +358,10 @@ async fn write_replies<W: AsyncWrite + Unpin>(
                 }
                 Slot::One(mut r) => match take(&mut r, &mut wr, &mut out).await? {
                     Ok(b) => b,
-                    Err(e) => router::failure(protocol, &e),
+                    Err(e) => {
+                        stats.forward_error.fetch_add(1, Ordering::Relaxed);
+                        router::failure(protocol, &e)
+                    }
                 },
                 Slot::Gather(g) => {
                     let mut replies = Vec::with_capacity(g.parts.len());
@@ -356,6 +374,7 @@ async fn write_replies<W: AsyncWrite + Unpin>(
                                 replies.push(b);
                             }
                             Err(e) => {
+                                stats.forward_error.fetch_add(1, Ordering::Relaxed);
                                 failed = failed.or(Some(e));
                                 // Stands in for the failed shard: its keys read as misses.
                                 replies.push(Bytes::from_static(b"END\r\n"));

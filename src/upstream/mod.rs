@@ -8,6 +8,7 @@
 //! oneshot channel, which is how replies return in each client's order.
 
 use crate::config::{Addr, PoolConfig, Protocol, ServerConfig};
+use crate::metrics::ServerStats;
 use crate::protocol::{memcache, redis};
 use bytes::{Buf, Bytes, BytesMut};
 use smallvec::SmallVec;
@@ -80,6 +81,7 @@ pub struct Server {
     /// What the connections were made with: a reload keeps them only when this is unchanged.
     target: Target,
     health: Arc<Health>,
+    pub stats: Arc<ServerStats>,
     conns: Vec<mpsc::Sender<Job>>,
     next: AtomicUsize,
 }
@@ -93,6 +95,7 @@ pub struct Health {
     auto_eject: bool,
     /// Told when the server is ejected, so the pool rebuilds its ring.
     events: Option<mpsc::UnboundedSender<()>>,
+    stats: Arc<ServerStats>,
 }
 
 impl Health {
@@ -105,6 +108,11 @@ impl Health {
     fn failure(&self) {
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if self.auto_eject && n >= self.limit && !self.ejected.swap(true, Ordering::Relaxed) {
+            self.stats.ejections.fetch_add(1, Ordering::Relaxed);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            self.stats.ejected_at.store(now.as_micros() as u64, Ordering::Relaxed);
             if let Some(events) = &self.events {
                 let _ = events.send(());
             }
@@ -160,12 +168,14 @@ impl Server {
     /// `events` is told when the server is ejected (with `auto_eject_hosts`).
     pub fn start(pool: &PoolConfig, server: &ServerConfig, events: Option<mpsc::UnboundedSender<()>>) -> Arc<Server> {
         let target = target(pool, server);
+        let stats = ServerStats::new(&pool.name, &target.label);
         let health = Arc::new(Health {
             failures: AtomicU32::new(0),
             ejected: AtomicBool::new(false),
             limit: target.failure_limit,
             auto_eject: target.auto_eject,
             events,
+            stats: stats.clone(),
         });
         let conns = (0..target.connections)
             .map(|_| {
@@ -179,6 +189,7 @@ impl Server {
             addr: server.addr.clone(),
             target,
             health,
+            stats,
             conns,
             next: AtomicUsize::new(0),
         })
@@ -192,6 +203,40 @@ impl Server {
     /// How long an ejected server stays out before it is tried again.
     pub fn retry_timeout(&self) -> Duration {
         self.target.retry_timeout
+    }
+
+    /// The server's own statistics on a connection of their own: Redis `INFO` (the bulk
+    /// string's text) or memcached `stats` (the STAT lines).
+    ///
+    /// # Errors
+    /// The server cannot be reached or answers something else.
+    pub async fn info(&self) -> Result<String, String> {
+        let ask = async {
+            let mut s = connect(&self.target).await?;
+            let redis = self.target.protocol == Protocol::Redis;
+            s.write_all(if redis { b"INFO\r\n" } else { b"stats\r\n" })
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut buf = BytesMut::new();
+            let mut scan = redis::ReplyScan::default();
+            loop {
+                if redis {
+                    if let Some(n) = redis::scan_reply(&buf, &mut scan).map_err(|e| e.to_string())? {
+                        let reply = &buf[..n];
+                        let body = reply.splitn(2, |&c| c == b'\n').nth(1).unwrap_or_default();
+                        return Ok(String::from_utf8_lossy(body).into_owned());
+                    }
+                } else if buf.ends_with(b"END\r\n") || buf.starts_with(b"ERROR") {
+                    return Ok(String::from_utf8_lossy(&buf).into_owned());
+                }
+                if s.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+                    return Err("closed".to_string());
+                }
+            }
+        };
+        tokio::time::timeout(self.target.connect_timeout.max(Duration::from_secs(1)), ask)
+            .await
+            .map_err(|_| "timed out".to_string())?
     }
 
     /// Try a fresh connection (with AUTH/SELECT); on success the server rejoins.
@@ -305,6 +350,7 @@ struct Pending {
     framing: Framing,
     done: Option<oneshot::Sender<Reply>>,
     deadline: Option<Instant>,
+    sent: Instant,
 }
 
 /// Requests that timed out but whose replies have not arrived yet, above which the connection
@@ -343,6 +389,7 @@ async fn run_connection(t: Target, health: Arc<Health>, mut rx: mpsc::Receiver<J
             Ok(s) => s,
             Err(reason) => {
                 tracing::warn!(server = %t.label, %reason, "cannot connect");
+                health.stats.server_err.fetch_add(1, Ordering::Relaxed);
                 let err = UpstreamError::Connect {
                     server: t.label.clone(),
                     reason,
@@ -357,10 +404,12 @@ async fn run_connection(t: Target, health: Arc<Health>, mut rx: mpsc::Receiver<J
         down = None;
         backoff = BACKOFF_MIN;
         tracing::debug!(server = %t.label, "connected");
+        health.stats.server_connections.fetch_add(1, Ordering::Relaxed);
         let (rd, mut wr) = tokio::io::split(stream);
         let (ptx, prx) = mpsc::unbounded_channel();
         let mut reader = tokio::spawn(read_replies(rd, prx, t.label.clone(), health.clone()));
-        let ended = write_requests(&mut wr, &mut rx, &mut batch, &ptx, t.timeout).await;
+        let ended = write_requests(&mut wr, &mut rx, &mut batch, &ptx, t.timeout, &health.stats).await;
+        health.stats.server_connections.fetch_sub(1, Ordering::Relaxed);
         if ended {
             // The server left the topology: let the reader collect the replies still owed.
             drop(ptx);
@@ -373,6 +422,7 @@ async fn run_connection(t: Target, health: Arc<Health>, mut rx: mpsc::Receiver<J
         // failed: whatever was in flight is answered "connection lost" when its sender drops.
         reader.abort();
         health.failure();
+        health.stats.server_eof.fetch_add(1, Ordering::Relaxed);
         let lost = UpstreamError::Lost {
             server: t.label.clone(),
         };
@@ -388,20 +438,27 @@ async fn write_requests<W: AsyncWrite + Unpin>(
     batch: &mut Vec<Job>,
     ptx: &mpsc::UnboundedSender<Pending>,
     timeout: Option<Duration>,
+    stats: &ServerStats,
 ) -> bool {
     let mut out: VecDeque<Bytes> = VecDeque::new();
     loop {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let sent = Instant::now();
+        let deadline = timeout.map(|t| sent + t);
+        let (mut requests, mut bytes, mut awaited) = (0u64, 0u64, 0i64);
         for job in batch.drain(..) {
+            requests += 1;
+            bytes += job.parts.iter().map(|p| p.len() as u64).sum::<u64>();
             match (job.framing, job.done) {
                 (Framing::None, Some(done)) => {
                     let _ = done.send(Ok(Bytes::new()));
                 }
                 (framing, Some(done)) => {
+                    awaited += 1;
                     let p = Pending {
                         framing,
                         done: Some(done),
                         deadline,
+                        sent,
                     };
                     if ptx.send(p).is_err() {
                         return false;
@@ -411,6 +468,9 @@ async fn write_requests<W: AsyncWrite + Unpin>(
             }
             out.extend(job.parts);
         }
+        stats.requests.fetch_add(requests, Ordering::Relaxed);
+        stats.request_bytes.fetch_add(bytes, Ordering::Relaxed);
+        stats.in_flight.fetch_add(awaited, Ordering::Relaxed);
         if write_all_vectored(wr, &mut out).await.is_err() {
             return false;
         }
@@ -428,13 +488,14 @@ async fn read_replies<R: AsyncRead + Unpin>(
     health: Arc<Health>,
 ) {
     let mut queue: VecDeque<Pending> = VecDeque::new();
-    read_loop(rd, &mut prx, &label, health, &mut queue).await;
+    read_loop(rd, &mut prx, &label, health.clone(), &mut queue).await;
     // Whatever is still owed will not come: say which server was lost.
     prx.close();
     while let Ok(p) = prx.try_recv() {
         queue.push_back(p);
     }
     for p in queue {
+        health.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         if let Some(done) = p.done {
             let _ = done.send(Err(UpstreamError::Lost { server: label.clone() }));
         }
@@ -486,6 +547,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         reply.truncate(reply.len().saturating_sub(4));
                     }
                     health.success();
+                    let st = &health.stats;
+                    st.responses.fetch_add(1, Ordering::Relaxed);
+                    st.response_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                    st.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    st.latency.record(p.sent.elapsed().as_secs_f64());
                     if let Some(done) = p.done {
                         let _ = done.send(Ok(reply));
                     }
@@ -520,6 +586,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         if let Some(done) = p.done.take() {
                             let _ = done.send(Err(UpstreamError::Timeout { server: label.to_string() }));
                         }
+                        health.stats.server_timedout.fetch_add(1, Ordering::Relaxed);
                         expired += 1;
                     } else {
                         break;

@@ -168,6 +168,7 @@ pub fn legate(yaml: &str, port: u16) -> Legate {
         .arg(&config)
         .arg("--workers")
         .arg("2")
+        .args(["--admin", "127.0.0.1:0"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -214,6 +215,11 @@ pub fn legate_logged(config: &Path, port: u16, extra_args: &[&str]) -> Logged {
         .arg("-c")
         .arg(config)
         .args(["--workers", "2"])
+        .args(if extra_args.contains(&"--admin") {
+            &[][..]
+        } else {
+            &["--admin", "127.0.0.1:0"][..]
+        })
         .args(extra_args)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())

@@ -288,7 +288,8 @@ pub fn array_elements(reply: &[u8]) -> Option<Vec<Range<usize>>> {
     }
     let lf = find_lf(reply)?;
     let n = parse_i64(reply[1..lf].strip_suffix(b"\r")?)?;
-    let mut out = Vec::with_capacity(n.max(0) as usize);
+    // The count is the peer's word: reserve only what a real reply of this size could need.
+    let mut out = Vec::with_capacity((n.max(0) as usize).min(reply.len() / 4));
     let mut at = lf + 1;
     let mut scan = ReplyScan::default();
     for _ in 0..n.max(0) {

@@ -1,0 +1,272 @@
+//! The proxy's own counters.
+//!
+//! The request path only does relaxed atomic adds on [`PoolStats`] and [`ServerStats`], created
+//! once per pool and server (at start and reload). Scrapes copy them into the `metrics` facade
+//! handles (made at the same time), which the Prometheus exporter renders; the twemproxy-style
+//! `/stats` JSON reads the same atomics, so both views always agree.
+
+use metrics::{Counter, Gauge, Histogram};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Command classes counted per pool.
+pub const CLASSES: [&str; 5] = ["single", "multi", "proxy", "unsupported", "error"];
+
+/// Index into [`CLASSES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Routed to one server as sent.
+    Single = 0,
+    /// Split over servers (multi-get, MGET, MSET, DEL, flush_all).
+    Multi = 1,
+    /// Answered by the proxy (version, PING, AUTH, ...).
+    Proxy = 2,
+    /// Refused: the command cannot be served across shards.
+    Unsupported = 3,
+    /// Malformed requests.
+    Error = 4,
+}
+
+fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Per pool.
+#[derive(Debug)]
+pub struct PoolStats {
+    pub pool: String,
+    pub client_connections: AtomicI64,
+    pub clients_total: AtomicU64,
+    pub client_eof: AtomicU64,
+    pub client_err: AtomicU64,
+    pub forward_error: AtomicU64,
+    pub fragments: AtomicU64,
+    pub server_ejects: AtomicU64,
+    pub requests: [AtomicU64; 5],
+    handles: PoolHandles,
+}
+
+#[derive(Debug)]
+struct PoolHandles {
+    client_connections: Gauge,
+    clients_total: Counter,
+    client_eof: Counter,
+    client_err: Counter,
+    forward_error: Counter,
+    fragments: Counter,
+    server_ejects: Counter,
+    requests: Vec<Counter>,
+}
+
+impl PoolStats {
+    pub fn new(pool: &str) -> Arc<PoolStats> {
+        let p = pool.to_string();
+        let handles = PoolHandles {
+            client_connections: metrics::gauge!("legate_client_connections", "pool" => p.clone()),
+            clients_total: metrics::counter!("legate_client_connections_total", "pool" => p.clone()),
+            client_eof: metrics::counter!("legate_client_eof_total", "pool" => p.clone()),
+            client_err: metrics::counter!("legate_client_errors_total", "pool" => p.clone()),
+            forward_error: metrics::counter!("legate_forward_errors_total", "pool" => p.clone()),
+            fragments: metrics::counter!("legate_fragments_total", "pool" => p.clone()),
+            server_ejects: metrics::counter!("legate_server_ejects_total", "pool" => p.clone()),
+            requests: CLASSES
+                .iter()
+                .map(|c| metrics::counter!("legate_requests_total", "pool" => p.clone(), "class" => *c))
+                .collect(),
+        };
+        Arc::new(PoolStats {
+            pool: p,
+            client_connections: AtomicI64::new(0),
+            clients_total: AtomicU64::new(0),
+            client_eof: AtomicU64::new(0),
+            client_err: AtomicU64::new(0),
+            forward_error: AtomicU64::new(0),
+            fragments: AtomicU64::new(0),
+            server_ejects: AtomicU64::new(0),
+            requests: Default::default(),
+            handles,
+        })
+    }
+
+    #[inline]
+    pub fn request(&self, class: Class) {
+        add(&self.requests[class as usize], 1);
+    }
+
+    #[inline]
+    pub fn count(&self, c: &AtomicU64, n: u64) {
+        add(c, n);
+    }
+
+    /// Copy the atomics into the exporter's handles.
+    pub fn publish(&self) {
+        let h = &self.handles;
+        h.client_connections
+            .set(self.client_connections.load(Ordering::Relaxed) as f64);
+        h.clients_total.absolute(self.clients_total.load(Ordering::Relaxed));
+        h.client_eof.absolute(self.client_eof.load(Ordering::Relaxed));
+        h.client_err.absolute(self.client_err.load(Ordering::Relaxed));
+        h.forward_error.absolute(self.forward_error.load(Ordering::Relaxed));
+        h.fragments.absolute(self.fragments.load(Ordering::Relaxed));
+        h.server_ejects.absolute(self.server_ejects.load(Ordering::Relaxed));
+        for (c, v) in h.requests.iter().zip(&self.requests) {
+            c.absolute(v.load(Ordering::Relaxed));
+        }
+    }
+}
+
+/// Per server of a pool.
+#[derive(Debug)]
+pub struct ServerStats {
+    pub server: String,
+    pub requests: AtomicU64,
+    pub request_bytes: AtomicU64,
+    pub responses: AtomicU64,
+    pub response_bytes: AtomicU64,
+    pub server_err: AtomicU64,
+    pub server_eof: AtomicU64,
+    pub server_timedout: AtomicU64,
+    pub server_connections: AtomicI64,
+    pub ejections: AtomicU64,
+    /// Unix time (µs) of the last ejection, 0 when never.
+    pub ejected_at: AtomicU64,
+    pub in_flight: AtomicI64,
+    handles: ServerHandles,
+    pub latency: Histogram,
+}
+
+#[derive(Debug)]
+struct ServerHandles {
+    requests: Counter,
+    request_bytes: Counter,
+    responses: Counter,
+    response_bytes: Counter,
+    errors_connect: Counter,
+    errors_lost: Counter,
+    timeouts: Counter,
+    connections: Gauge,
+    ejections: Counter,
+    in_flight: Gauge,
+}
+
+impl ServerStats {
+    pub fn new(pool: &str, server: &str) -> Arc<ServerStats> {
+        let (p, s) = (pool.to_string(), server.to_string());
+        let l = || [("pool", p.clone()), ("server", s.clone())];
+        let handles = ServerHandles {
+            requests: metrics::counter!("legate_server_requests_total", &l()),
+            request_bytes: metrics::counter!("legate_server_request_bytes_total", &l()),
+            responses: metrics::counter!("legate_server_responses_total", &l()),
+            response_bytes: metrics::counter!("legate_server_response_bytes_total", &l()),
+            errors_connect: metrics::counter!("legate_server_errors_total", "pool" => p.clone(), "server" => s.clone(), "kind" => "connect"),
+            errors_lost: metrics::counter!("legate_server_errors_total", "pool" => p.clone(), "server" => s.clone(), "kind" => "lost"),
+            timeouts: metrics::counter!("legate_server_timeouts_total", &l()),
+            connections: metrics::gauge!("legate_server_connections", &l()),
+            ejections: metrics::counter!("legate_server_ejections_total", &l()),
+            in_flight: metrics::gauge!("legate_server_in_flight_requests", &l()),
+        };
+        Arc::new(ServerStats {
+            server: s.clone(),
+            requests: AtomicU64::new(0),
+            request_bytes: AtomicU64::new(0),
+            responses: AtomicU64::new(0),
+            response_bytes: AtomicU64::new(0),
+            server_err: AtomicU64::new(0),
+            server_eof: AtomicU64::new(0),
+            server_timedout: AtomicU64::new(0),
+            server_connections: AtomicI64::new(0),
+            ejections: AtomicU64::new(0),
+            ejected_at: AtomicU64::new(0),
+            in_flight: AtomicI64::new(0),
+            handles,
+            latency: metrics::histogram!("legate_server_request_duration_seconds", &l()),
+        })
+    }
+
+    /// Copy the atomics into the exporter's handles.
+    pub fn publish(&self) {
+        let h = &self.handles;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        h.requests.absolute(get(&self.requests));
+        h.request_bytes.absolute(get(&self.request_bytes));
+        h.responses.absolute(get(&self.responses));
+        h.response_bytes.absolute(get(&self.response_bytes));
+        h.errors_connect.absolute(get(&self.server_err));
+        h.errors_lost.absolute(get(&self.server_eof));
+        h.timeouts.absolute(get(&self.server_timedout));
+        h.connections
+            .set(self.server_connections.load(Ordering::Relaxed) as f64);
+        h.ejections.absolute(get(&self.ejections));
+        h.in_flight.set(self.in_flight.load(Ordering::Relaxed).max(0) as f64);
+    }
+}
+
+/// Config reload outcomes and the running generation.
+pub fn reload_result(ok: bool, generation: u64) {
+    metrics::counter!("legate_config_reloads_total", "result" => if ok { "success" } else { "failure" }).increment(1);
+    metrics::gauge!("legate_config_generation").set(generation as f64);
+}
+
+/// Register help text and units for every proxy metric.
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!("legate_client_connections", "Client connections open now.");
+    describe_counter!("legate_client_connections_total", "Client connections accepted.");
+    describe_counter!("legate_client_eof_total", "Client connections closed.");
+    describe_counter!(
+        "legate_client_errors_total",
+        "Client connections closed for a protocol error."
+    );
+    describe_counter!(
+        "legate_forward_errors_total",
+        "Requests answered with an error because a server failed."
+    );
+    describe_counter!(
+        "legate_fragments_total",
+        "Sub-requests sent for requests split over servers."
+    );
+    describe_counter!("legate_server_ejects_total", "Server ejections in the pool.");
+    describe_counter!(
+        "legate_requests_total",
+        "Client requests by class: single, multi, proxy, unsupported, error."
+    );
+    describe_counter!("legate_server_requests_total", "Requests written to the server.");
+    describe_counter!(
+        "legate_server_request_bytes_total",
+        Unit::Bytes,
+        "Request bytes written to the server."
+    );
+    describe_counter!("legate_server_responses_total", "Replies read from the server.");
+    describe_counter!(
+        "legate_server_response_bytes_total",
+        Unit::Bytes,
+        "Reply bytes read from the server."
+    );
+    describe_counter!("legate_server_errors_total", "Server failures by kind: connect, lost.");
+    describe_counter!(
+        "legate_server_timeouts_total",
+        "Requests that timed out waiting for the server."
+    );
+    describe_gauge!("legate_server_connections", "Connections open to the server now.");
+    describe_counter!(
+        "legate_server_ejections_total",
+        "Times the server was ejected from the ring."
+    );
+    describe_gauge!(
+        "legate_server_in_flight_requests",
+        "Requests written to the server and not yet answered."
+    );
+    describe_histogram!(
+        "legate_server_request_duration_seconds",
+        Unit::Seconds,
+        "Time from writing a request to the server to reading its reply."
+    );
+    describe_counter!(
+        "legate_config_reloads_total",
+        "Config reloads by result: success, failure."
+    );
+    describe_gauge!(
+        "legate_config_generation",
+        "Generation of the running config: 1 at start, +1 per reload."
+    );
+}
