@@ -5,7 +5,8 @@
 //! handles (made at the same time), which the Prometheus exporter renders; the twemproxy-style
 //! `/stats` JSON reads the same atomics, so both views always agree.
 
-use metrics::{Counter, Gauge, Histogram};
+use metrics::{Counter, Gauge};
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -132,8 +133,16 @@ pub struct ServerStats {
     pub ejected_at: AtomicU64,
     pub in_flight: AtomicI64,
     handles: ServerHandles,
-    pub latency: Histogram,
+    /// Request latency: counts per bucket of [`LATENCY_BOUNDS`] (the last is +Inf) and the sum.
+    latency: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    latency_sum_ns: AtomicU64,
+    pool: String,
 }
+
+/// Upper bounds (seconds) of the latency histogram's buckets.
+pub const LATENCY_BOUNDS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
 
 #[derive(Debug)]
 struct ServerHandles {
@@ -179,8 +188,40 @@ impl ServerStats {
             ejected_at: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
             handles,
-            latency: metrics::histogram!("legate_server_request_duration_seconds", &l()),
+            latency: Default::default(),
+            latency_sum_ns: AtomicU64::new(0),
+            pool: p,
         })
+    }
+
+    /// Record one request's latency: two relaxed adds, no allocation, no lock.
+    #[inline]
+    pub fn record_latency(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        let i = LATENCY_BOUNDS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(LATENCY_BOUNDS.len());
+        self.latency[i].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_ns.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Append the latency histogram in Prometheus text format (the exporter cannot take
+    /// pre-aggregated buckets, so the histogram is rendered here).
+    pub fn render_latency(&self, out: &mut String) {
+        let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+        let labels = format!("pool=\"{}\",server=\"{}\"", esc(&self.pool), esc(&self.server));
+        let name = "legate_server_request_duration_seconds";
+        let mut cumulative = 0;
+        for (i, b) in LATENCY_BOUNDS.iter().enumerate() {
+            cumulative += self.latency[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
+        }
+        cumulative += self.latency[LATENCY_BOUNDS.len()].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
+        let sum = self.latency_sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
     }
 
     /// Copy the atomics into the exporter's handles.
@@ -209,7 +250,7 @@ pub fn reload_result(ok: bool, generation: u64) {
 
 /// Register help text and units for every proxy metric.
 pub fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    use metrics::{describe_counter, describe_gauge, Unit};
     describe_gauge!("legate_client_connections", "Client connections open now.");
     describe_counter!("legate_client_connections_total", "Client connections accepted.");
     describe_counter!("legate_client_eof_total", "Client connections closed.");
@@ -255,11 +296,6 @@ pub fn describe() {
     describe_gauge!(
         "legate_server_in_flight_requests",
         "Requests written to the server and not yet answered."
-    );
-    describe_histogram!(
-        "legate_server_request_duration_seconds",
-        Unit::Seconds,
-        "Time from writing a request to the server to reading its reply."
     );
     describe_counter!(
         "legate_config_reloads_total",

@@ -39,6 +39,20 @@ impl Status {
         }
     }
 
+    /// The latency histograms of every server.
+    fn render_latency(&self, out: &mut String) {
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push_str("# HELP legate_server_request_duration_seconds Time from writing a request to the server to reading its reply.\n");
+        out.push_str("# TYPE legate_server_request_duration_seconds histogram\n");
+        for (_, topo) in self.pools.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            for s in &topo.load().servers {
+                s.stats.render_latency(out);
+            }
+        }
+    }
+
     /// Ready: a config is loaded and every pool has a server that answered the last scrape.
     pub fn ready(&self) -> Result<(), String> {
         let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
@@ -171,7 +185,11 @@ async fn handle(status: Arc<Status>, req: Request<hyper::body::Incoming>) -> Res
         (&Method::GET, "/metrics") => {
             status.publish();
             match &status.prometheus {
-                Some(h) => reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", h.render()),
+                Some(h) => {
+                    let mut text = h.render();
+                    status.render_latency(&mut text);
+                    reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", text)
+                }
                 None => reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     TEXT,

@@ -551,7 +551,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     st.responses.fetch_add(1, Ordering::Relaxed);
                     st.response_bytes.fetch_add(n as u64, Ordering::Relaxed);
                     st.in_flight.fetch_sub(1, Ordering::Relaxed);
-                    st.latency.record(p.sent.elapsed().as_secs_f64());
+                    st.record_latency(p.sent.elapsed());
                     if let Some(done) = p.done {
                         let _ = done.send(Ok(reply));
                     }
