@@ -93,22 +93,27 @@ fn redis_parse(b: &[u8]) -> Result<Parse<redis::Request>, (usize, bool)> {
     redis::parse_request(b).map_err(|_| (0, true))
 }
 
+/// Decoding `data` whole and in two pieces (at every cut of [`splits`]) gives the same frames.
+/// Errors that depend on how much is buffered (a line too long) may differ, so only the frames
+/// before the first error are compared.
+fn same_frames_for_every_split<T>(
+    data: &[u8],
+    parse: impl Fn(&[u8]) -> Result<Parse<T>, (usize, bool)>,
+    len: impl Fn(&T) -> usize,
+) {
+    let (whole, _) = drive(data, &parse, &len);
+    let frames = |steps: &[Step]| steps.iter().take_while(|s| matches!(s, Step::Frame(_))).count();
+    for cut in splits(data) {
+        let split = drive_split(data, cut, &parse, &len);
+        let n = frames(&whole).min(frames(&split));
+        assert_eq!(whole[..n], split[..n], "split at {cut} changed the frames");
+    }
+}
+
 /// memcache requests: frames stay inside the input, keys inside their frame, and any split of
 /// the input decodes to the same frames.
 pub fn memcache_request(data: &[u8]) {
-    let len = |r: &memcache::Request| r.len;
-    let (whole, _) = drive(data, memcache_parse, len);
-    for cut in splits(data) {
-        // A line-too-long error depends on how much is buffered; compare only clean prefixes.
-        let split = drive_split(data, cut, &memcache_parse, &len);
-        let n = whole.iter().take_while(|s| matches!(s, Step::Frame(_))).count();
-        let m = split.iter().take_while(|s| matches!(s, Step::Frame(_))).count();
-        assert_eq!(
-            whole[..n.min(m)],
-            split[..n.min(m)],
-            "split at {cut} changed the frames"
-        );
-    }
+    same_frames_for_every_split(data, memcache_parse, |r: &memcache::Request| r.len);
     if let Ok(Parse::Complete(r)) = memcache::parse_request(data) {
         for k in &r.keys {
             assert!(k.end <= r.len && k.len() <= memcache::MAX_KEY_BYTES);
@@ -118,18 +123,7 @@ pub fn memcache_request(data: &[u8]) {
 
 /// Redis requests: the same, and re-encoding a frame's arguments parses back to them.
 pub fn redis_request(data: &[u8]) {
-    let len = |r: &redis::Request| r.len;
-    let (whole, _) = drive(data, redis_parse, len);
-    for cut in splits(data) {
-        let split = drive_split(data, cut, &redis_parse, &len);
-        let n = whole.iter().take_while(|s| matches!(s, Step::Frame(_))).count();
-        let m = split.iter().take_while(|s| matches!(s, Step::Frame(_))).count();
-        assert_eq!(
-            whole[..n.min(m)],
-            split[..n.min(m)],
-            "split at {cut} changed the frames"
-        );
-    }
+    same_frames_for_every_split(data, redis_parse, |r: &redis::Request| r.len);
     if let Ok(Parse::Complete(r)) = redis::parse_request(data) {
         let args: Vec<&[u8]> = r.args.iter().map(|a| &data[a.clone()]).collect();
         let mut out = bytes::BytesMut::new();
