@@ -110,6 +110,13 @@ pub async fn memcache(topo: &Topology, frame: Bytes, req: &memcache::Request) ->
         topo.stats.request(Class::Proxy);
     }
     match req.command {
+        Command::Get | Command::Gets | Command::Gat | Command::Gats if req.keys.len() == 1 => {
+            // The common case: one key, no grouping, nothing allocated.
+            match topo.server_for(&frame[req.keys[0].clone()]) {
+                Some(server) => Some(send_one(topo, server, smallvec![frame], framing).await),
+                None => Some(Slot::Ready(error_reply(Protocol::Memcache, NO_SERVER))),
+            }
+        }
         Command::Get | Command::Gets | Command::Gat | Command::Gats => {
             let keys: Vec<&[u8]> = req.keys.iter().map(|r| &frame[r.clone()]).collect();
             let Some((parts, part_of_key)) = group_by_server(topo, &keys) else {
