@@ -273,12 +273,79 @@ impl Server {
 }
 
 /// A boxed byte stream, so TCP and unix sockets share one code path.
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+enum Conn {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
 
-async fn connect(t: &Target) -> Result<Box<dyn Stream>, String> {
+type BoxRead = Box<dyn AsyncRead + Unpin + Send>;
+type BoxWrite = Box<dyn AsyncWrite + Unpin + Send>;
+
+impl Conn {
+    /// Owned halves without a lock between them (unlike `tokio::io::split`).
+    fn into_split(self) -> (BoxRead, BoxWrite) {
+        match self {
+            Conn::Tcp(s) => {
+                let (r, w) = s.into_split();
+                (Box::new(r), Box::new(w))
+            }
+            Conn::Unix(s) => {
+                let (r, w) = s.into_split();
+                (Box::new(r), Box::new(w))
+            }
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Conn::Unix(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Conn::Unix(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Conn::Unix(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Conn::Unix(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+async fn connect(t: &Target) -> Result<Conn, String> {
     let connect = async {
-        let s: Box<dyn Stream> = match &t.addr {
+        let s = match &t.addr {
             Addr::Tcp { host, port } => {
                 let s = tokio::net::TcpStream::connect((host.as_str(), *port))
                     .await
@@ -287,10 +354,10 @@ async fn connect(t: &Target) -> Result<Box<dyn Stream>, String> {
                 if t.tcpkeepalive {
                     let _ = socket2::SockRef::from(&s).set_keepalive(true);
                 }
-                Box::new(s)
+                Conn::Tcp(s)
             }
             Addr::Unix { path, .. } => {
-                Box::new(tokio::net::UnixStream::connect(path).await.map_err(|e| e.to_string())?)
+                Conn::Unix(tokio::net::UnixStream::connect(path).await.map_err(|e| e.to_string())?)
             }
         };
         Ok::<_, String>(s)
@@ -405,7 +472,7 @@ async fn run_connection(t: Target, health: Arc<Health>, mut rx: mpsc::Receiver<J
         backoff = BACKOFF_MIN;
         tracing::debug!(server = %t.label, "connected");
         health.stats.server_connections.fetch_add(1, Ordering::Relaxed);
-        let (rd, mut wr) = tokio::io::split(stream);
+        let (rd, mut wr) = stream.into_split();
         let (ptx, prx) = mpsc::unbounded_channel();
         let mut reader = tokio::spawn(read_replies(rd, prx, t.label.clone(), health.clone()));
         let ended = write_requests(&mut wr, &mut rx, &mut batch, &ptx, t.timeout, &health.stats).await;
