@@ -2,9 +2,10 @@
 //! hash functions and ring lookups. Inputs are built outside the timed loops.
 //! Run: `cargo bench --bench codecs`.
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use legate::hash::{HashFn, Ring, RingServer};
 use legate::protocol::{memcache, redis, Parse};
+use std::hint::black_box;
 
 fn parse_all<T>(buf: &[u8], parse: impl Fn(&[u8]) -> Parse<T>, len: impl Fn(&T) -> usize) -> usize {
     let mut at = 0;
