@@ -12,6 +12,11 @@
 //! - [`upstream`]: pipelined connections to the backend servers.
 //! - [`metrics`]: the proxy's counters, published to the Prometheus exporter.
 //! - [`reload`]: the running pools; config reloads (file watch, SIGHUP) and draining.
+//!
+//! Outside the library: `src/main.rs` (command line, signals, allocator), `src/bin/legate-bench.rs`
+//! (load generator that checks every reply), `benches/` (criterion microbenchmarks and
+//! `compare.sh`), `fuzz/` (cargo-fuzz targets and their invariants), `tests/common/` (real servers
+//! on free ports for the integration tests), `config/` (example configs).
 
 #![forbid(unsafe_code)]
 
