@@ -33,7 +33,7 @@ struct RunningPool {
 /// sessions are gone when `alive` reports closed.
 struct Stopping {
     name: String,
-    accept: JoinHandle<Listener>,
+    accept: Option<JoinHandle<Listener>>,
     alive: mpsc::Receiver<()>,
 }
 
@@ -81,16 +81,21 @@ impl RunningPool {
         drop(self.alive_tx);
         Stopping {
             name: self.config.name,
-            accept: self.accept,
+            accept: Some(self.accept),
             alive: self.alive_rx,
         }
     }
 }
 
 impl Stopping {
+    /// The listener, once the pool has stopped accepting (`None` if its task failed).
+    async fn listener(&mut self) -> Option<Listener> {
+        self.accept.take()?.await.ok()
+    }
+
     /// Wait until every session of the pool has closed.
     async fn finished(mut self) {
-        let _ = self.accept.await;
+        drop(self.listener().await);
         while self.alive.recv().await.is_some() {}
         tracing::info!("pool {} drained", self.name);
     }
@@ -208,18 +213,12 @@ impl Pools {
                 }
                 Some(old) => {
                     // Same address, other protocol: old clients drain, the socket is handed on.
-                    let stopping = old.stop();
-                    let listener = match (&mut { stopping.accept }).await {
-                        Ok(l) => l,
-                        Err(_) => bind(p)?,
+                    let mut stopping = old.stop();
+                    let listener = match stopping.listener().await {
+                        Some(l) => l,
+                        None => bind(p)?,
                     };
-                    let alive = stopping.alive;
-                    let name = stopping.name;
-                    self.draining.push(tokio::spawn(async move {
-                        let mut alive = alive;
-                        while alive.recv().await.is_some() {}
-                        tracing::info!("pool {name} drained");
-                    }));
+                    self.draining.push(tokio::spawn(stopping.finished()));
                     start_pool(p, listener)
                 }
                 None => start_pool(p, fresh.remove(&p.listen).expect("bound above")),

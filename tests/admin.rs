@@ -3,7 +3,7 @@
 mod common;
 
 use common::{
-    cmd, eventually, free_port, legate_logged, memcached, redis_server, require, scratch_dir, Client, Logged,
+    cmd, config_file, eventually, free_port, legate_logged, memcached, redis_server, require, Client, Logged,
 };
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -51,9 +51,7 @@ fn setup() -> Setup {
         + &common::pool_yaml("sessions", rd_port, true, &[rd.port], "  redis_auth: hunter2\n");
     // The backend has no password; legate's AUTH to it fails, so use a second pool without.
     let yaml = yaml.replace("  redis_auth: hunter2\n", "");
-    let dir = scratch_dir();
-    let config = dir.join("legate.yml");
-    std::fs::write(&config, yaml).unwrap();
+    let config = config_file(&yaml);
     let admin_addr = format!("127.0.0.1:{admin}");
     let legate = legate_logged(&config, mc_port, &["--admin", &admin_addr, "--scrape-interval", "0.2"]);
     Setup {
@@ -281,9 +279,7 @@ fn config_is_shown_redacted_and_post_reload_applies_the_file() {
 fn twemproxy_stats_port_writes_json_on_accept() {
     let mc = memcached();
     let (port, stats) = (free_port(), free_port());
-    let dir = scratch_dir();
-    let config = dir.join("legate.yml");
-    std::fs::write(&config, common::pool_yaml("alpha", port, false, &[mc.port], "")).unwrap();
+    let config = config_file(&common::pool_yaml("alpha", port, false, &[mc.port], ""));
     let _l = legate_logged(&config, port, &["-s", &stats.to_string(), "-a", "127.0.0.1"]);
     eventually("stats port open", || TcpStream::connect(("127.0.0.1", stats)).is_ok());
     let mut s = TcpStream::connect(("127.0.0.1", stats)).unwrap();

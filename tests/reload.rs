@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{free_port, legate, legate_logged, memcached, redis_server, scratch_dir, Client, Proc};
+use common::{config_file, free_port, legate, legate_logged, memcached, redis_server, scratch_dir, Client, Proc};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -267,18 +267,21 @@ fn twenty_reloads_under_load_fail_nothing_and_place_keys_like_a_fresh_start() {
     );
 }
 
+/// The small pool the SIGHUP and SIGTERM tests use.
+fn two_md5_servers() -> Shape {
+    Shape {
+        hash: "md5",
+        servers: vec![(0, 1), (1, 1)],
+        extra_pool: None,
+    }
+}
+
 #[test]
 fn sighup_reloads_and_unchanged_servers_keep_their_connections() {
     let redis: Vec<Proc> = (0..3).map(|_| redis_server()).collect();
     let port = free_port();
-    let dir = scratch_dir();
-    let path = dir.join("legate.yml");
-    let shape = Shape {
-        hash: "md5",
-        servers: vec![(0, 1), (1, 1)],
-        extra_pool: None,
-    };
-    std::fs::write(&path, yaml(port, &shape, &redis, &[])).unwrap();
+    let shape = two_md5_servers();
+    let path = config_file(&yaml(port, &shape, &redis, &[]));
     let proxy = legate_logged(&path, port, &["--no-watch"]);
     let mut c = Client::connect(port);
     c.expect(&resp(&["SET", "a", "1"]), b"+OK\r\n");
@@ -326,14 +329,8 @@ fn sighup_reloads_and_unchanged_servers_keep_their_connections() {
 fn sigterm_under_load_answers_everything_read_and_exits_0() {
     let redis: Vec<Proc> = (0..2).map(|_| redis_server()).collect();
     let port = free_port();
-    let dir = scratch_dir();
-    let path = dir.join("legate.yml");
-    let shape = Shape {
-        hash: "md5",
-        servers: vec![(0, 1), (1, 1)],
-        extra_pool: None,
-    };
-    std::fs::write(&path, yaml(port, &shape, &redis, &[])).unwrap();
+    let shape = two_md5_servers();
+    let path = config_file(&yaml(port, &shape, &redis, &[]));
     let mut proxy = legate_logged(&path, port, &["--drain-timeout", "5"]);
     let replies = Arc::new(AtomicU64::new(0));
     let clients: Vec<_> = (0..8)

@@ -141,6 +141,13 @@ pub fn scratch_dir() -> PathBuf {
     dir
 }
 
+/// A config file holding `text` in a fresh scratch directory.
+pub fn config_file(text: &str) -> PathBuf {
+    let path = scratch_dir().join("legate.yml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// legate running on a config; `port` is the first pool's listen port.
 pub struct Legate {
     pub proc: Proc,
