@@ -12,9 +12,24 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// A port nobody is listening on right now.
+/// A port nobody is listening on right now, and that nobody will be handed by chance.
+///
+/// Ports come from below the kernel's ephemeral range (32768 and up on Linux), so the source
+/// port of some outgoing connection cannot take one between this call and the bind that uses
+/// it; each test process walks its own stretch of the range and never hands a port out twice.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    const LOW: usize = 10_000;
+    const SPAN: usize = 22_000;
+    let base = (std::process::id() as usize * 7919) % SPAN;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < SPAN, "no free loopback port left below 32000");
+        let port = (LOW + (base + n) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Find `name` on PATH or fail the test saying how to get it.
