@@ -10,6 +10,9 @@
 //! - [`router`]: a parsed request -> the server(s) it goes to, split and merged when needed.
 //! - [`server`]: listeners and client sessions (parse, route, reply in order).
 //! - [`upstream`]: pipelined connections to the backend servers.
+//! - [`l4`]: `protocol: tcp` pools, forwarding each client's byte stream to one server.
+//! - [`net`]: one stream type for TCP, unix sockets and TLS in either direction.
+//! - [`tls`]: certificate and key files -> rustls client and server configurations.
 //! - [`metrics`]: the proxy's counters, published to the Prometheus exporter.
 //! - [`reload`]: the running pools; config reloads (file watch, SIGHUP) and draining.
 //!
@@ -24,11 +27,14 @@ pub mod adapter;
 pub mod admin;
 pub mod config;
 pub mod hash;
+pub mod l4;
 pub mod metrics;
+pub mod net;
 pub mod protocol;
 pub mod reload;
 pub mod router;
 pub mod server;
+pub mod tls;
 pub mod topology;
 pub mod upstream;
 

@@ -60,7 +60,11 @@ fn main() -> ExitCode {
         tracing::warn!("cannot raise the open-file limit: {e}");
     }
 
-    let config = match legate::config::Config::load(&args.conf) {
+    let config = match legate::config::Config::load(&args.conf).and_then(|c| {
+        // Certificates and keys are part of what -t checks.
+        legate::tls::load(&c)?;
+        Ok(c)
+    }) {
         Ok(c) => c,
         Err(e) => {
             eprintln!(

@@ -43,6 +43,8 @@ pub struct PoolStats {
     pub forward_error: AtomicU64,
     pub fragments: AtomicU64,
     pub server_ejects: AtomicU64,
+    /// Clients whose TLS handshake failed or timed out (`listen_tls`).
+    pub client_tls_err: AtomicU64,
     pub requests: [AtomicU64; 5],
     handles: PoolHandles,
 }
@@ -56,6 +58,7 @@ struct PoolHandles {
     forward_error: Counter,
     fragments: Counter,
     server_ejects: Counter,
+    client_tls_err: Counter,
     requests: Vec<Counter>,
 }
 
@@ -70,6 +73,7 @@ impl PoolStats {
             forward_error: metrics::counter!("legate_forward_errors_total", "pool" => p.clone()),
             fragments: metrics::counter!("legate_fragments_total", "pool" => p.clone()),
             server_ejects: metrics::counter!("legate_server_ejects_total", "pool" => p.clone()),
+            client_tls_err: metrics::counter!("legate_client_tls_errors_total", "pool" => p.clone()),
             requests: CLASSES
                 .iter()
                 .map(|c| metrics::counter!("legate_requests_total", "pool" => p.clone(), "class" => *c))
@@ -84,6 +88,7 @@ impl PoolStats {
             forward_error: AtomicU64::new(0),
             fragments: AtomicU64::new(0),
             server_ejects: AtomicU64::new(0),
+            client_tls_err: AtomicU64::new(0),
             requests: Default::default(),
             handles,
         })
@@ -110,6 +115,7 @@ impl PoolStats {
         h.forward_error.absolute(self.forward_error.load(Ordering::Relaxed));
         h.fragments.absolute(self.fragments.load(Ordering::Relaxed));
         h.server_ejects.absolute(self.server_ejects.load(Ordering::Relaxed));
+        h.client_tls_err.absolute(self.client_tls_err.load(Ordering::Relaxed));
         for (c, v) in h.requests.iter().zip(&self.requests) {
             c.absolute(v.load(Ordering::Relaxed));
         }
@@ -125,6 +131,8 @@ pub struct ServerStats {
     pub responses: AtomicU64,
     pub response_bytes: AtomicU64,
     pub server_err: AtomicU64,
+    /// TLS handshakes with the server that failed (not counted in `server_err`).
+    pub tls_err: AtomicU64,
     pub server_eof: AtomicU64,
     pub server_timedout: AtomicU64,
     pub server_connections: AtomicI64,
@@ -152,6 +160,7 @@ struct ServerHandles {
     response_bytes: Counter,
     errors_connect: Counter,
     errors_lost: Counter,
+    errors_tls: Counter,
     timeouts: Counter,
     connections: Gauge,
     ejections: Counter,
@@ -169,6 +178,7 @@ impl ServerStats {
             response_bytes: metrics::counter!("legate_server_response_bytes_total", &l()),
             errors_connect: metrics::counter!("legate_server_errors_total", "pool" => p.clone(), "server" => s.clone(), "kind" => "connect"),
             errors_lost: metrics::counter!("legate_server_errors_total", "pool" => p.clone(), "server" => s.clone(), "kind" => "lost"),
+            errors_tls: metrics::counter!("legate_server_errors_total", "pool" => p.clone(), "server" => s.clone(), "kind" => "tls"),
             timeouts: metrics::counter!("legate_server_timeouts_total", &l()),
             connections: metrics::gauge!("legate_server_connections", &l()),
             ejections: metrics::counter!("legate_server_ejections_total", &l()),
@@ -181,6 +191,7 @@ impl ServerStats {
             responses: AtomicU64::new(0),
             response_bytes: AtomicU64::new(0),
             server_err: AtomicU64::new(0),
+            tls_err: AtomicU64::new(0),
             server_eof: AtomicU64::new(0),
             server_timedout: AtomicU64::new(0),
             server_connections: AtomicI64::new(0),
@@ -234,6 +245,7 @@ impl ServerStats {
         h.response_bytes.absolute(get(&self.response_bytes));
         h.errors_connect.absolute(get(&self.server_err));
         h.errors_lost.absolute(get(&self.server_eof));
+        h.errors_tls.absolute(get(&self.tls_err));
         h.timeouts.absolute(get(&self.server_timedout));
         h.connections
             .set(self.server_connections.load(Ordering::Relaxed) as f64);
@@ -283,7 +295,14 @@ pub fn describe() {
         Unit::Bytes,
         "Reply bytes read from the server."
     );
-    describe_counter!("legate_server_errors_total", "Server failures by kind: connect, lost.");
+    describe_counter!(
+        "legate_server_errors_total",
+        "Server failures by kind: connect, lost, tls (handshake)."
+    );
+    describe_counter!(
+        "legate_client_tls_errors_total",
+        "Client TLS handshakes that failed or timed out."
+    );
     describe_counter!(
         "legate_server_timeouts_total",
         "Requests that timed out waiting for the server."

@@ -9,6 +9,7 @@
 
 use crate::config::{Addr, Config, PoolConfig};
 use crate::server::{accept_loop, Listener, PoolHandle};
+use crate::tls::PoolTls;
 use crate::topology::{watch_health, HealthEvents, SharedTopology, Topology};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
@@ -45,9 +46,14 @@ pub struct Pools {
     draining: Vec<JoinHandle<()>>,
 }
 
-fn start_pool(config: &PoolConfig, listener: Listener) -> RunningPool {
+fn start_pool(config: &PoolConfig, tls: PoolTls, listener: Listener) -> RunningPool {
     let (events, events_rx) = mpsc::unbounded_channel();
-    let topo: SharedTopology = Arc::new(ArcSwap::from_pointee(Topology::rebuild(config, None, Some(&events))));
+    let topo: SharedTopology = Arc::new(ArcSwap::from_pointee(Topology::rebuild(
+        config,
+        tls,
+        None,
+        Some(&events),
+    )));
     let (drain, drain_rx) = watch::channel(false);
     tokio::spawn(watch_health(topo.clone(), events.clone(), events_rx, drain_rx.clone()));
     let (alive_tx, alive_rx) = mpsc::channel(1);
@@ -58,10 +64,12 @@ fn start_pool(config: &PoolConfig, listener: Listener) -> RunningPool {
         alive: alive_tx.clone(),
     };
     tracing::info!(
-        "pool {} listening on {} ({}, {} servers)",
+        "pool {} listening on {}{} ({}{}, {} servers)",
         config.name,
         listener.local_addr(),
+        if config.listen_tls.is_some() { " with TLS" } else { "" },
         config.protocol.name(),
+        if config.tls.is_some() { " over TLS" } else { "" },
         config.servers.len()
     );
     RunningPool {
@@ -152,6 +160,7 @@ impl Pools {
     /// # Errors
     /// A listener cannot be bound; nothing is left running.
     pub fn start(config: &Config) -> anyhow::Result<Pools> {
+        let mut tls = crate::tls::load(config)?;
         let mut listeners = Vec::with_capacity(config.pools.len());
         for pool in &config.pools {
             listeners.push(bind(pool)?);
@@ -160,7 +169,12 @@ impl Pools {
             .pools
             .iter()
             .zip(listeners)
-            .map(|(p, l)| (p.listen.clone(), start_pool(p, l)))
+            .map(|(p, l)| {
+                (
+                    p.listen.clone(),
+                    start_pool(p, tls.remove(&p.name).unwrap_or_default(), l),
+                )
+            })
             .collect();
         Ok(Pools {
             pools,
@@ -188,9 +202,11 @@ impl Pools {
     /// Apply a new config. On error nothing changed.
     ///
     /// # Errors
-    /// A new listen address cannot be bound.
+    /// A certificate or key cannot be read, or a new listen address cannot be bound.
     pub async fn apply(&mut self, config: &Config) -> anyhow::Result<Vec<String>> {
         let changes = describe_changes(&self.pools, config);
+        // Certificates and keys are read again on every reload, before anything changes.
+        let mut tls = crate::tls::load(config)?;
         // Bind new addresses first: a failure here must leave everything as it was.
         let mut fresh: HashMap<Addr, Listener> = HashMap::new();
         for p in &config.pools {
@@ -200,10 +216,13 @@ impl Pools {
         }
         let mut next = HashMap::with_capacity(config.pools.len());
         for p in &config.pools {
+            let tls = tls.remove(&p.name).unwrap_or_default();
             let running = match self.pools.remove(&p.listen) {
                 Some(old) if old.config.protocol == p.protocol => {
-                    if old.config != *p {
-                        let topo = Topology::rebuild(p, Some(&old.topo.load()), Some(&old.events));
+                    // With TLS the files may have changed under the same config: the rebuild
+                    // keeps every server whose certificates and keys read the same.
+                    if old.config != *p || p.tls.is_some() || p.listen_tls.is_some() {
+                        let topo = Topology::rebuild(p, tls, Some(&old.topo.load()), Some(&old.events));
                         old.topo.store(Arc::new(topo));
                     }
                     RunningPool {
@@ -219,9 +238,9 @@ impl Pools {
                         None => bind(p)?,
                     };
                     self.draining.push(tokio::spawn(stopping.finished()));
-                    start_pool(p, listener)
+                    start_pool(p, tls, listener)
                 }
-                None => start_pool(p, fresh.remove(&p.listen).expect("bound above")),
+                None => start_pool(p, tls, fresh.remove(&p.listen).expect("bound above")),
             };
             next.insert(p.listen.clone(), running);
         }

@@ -56,6 +56,7 @@ pub fn error_reply(protocol: Protocol, msg: &str) -> Bytes {
     match protocol {
         Protocol::Memcache => Bytes::from(format!("SERVER_ERROR {clean}\r\n")),
         Protocol::Redis => Bytes::from(format!("-ERR {clean}\r\n")),
+        Protocol::Tcp => Bytes::new(),
     }
 }
 

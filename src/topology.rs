@@ -7,8 +7,10 @@
 use crate::config::PoolConfig;
 use crate::hash::{hash_tag_span, Ring, RingServer};
 use crate::metrics::PoolStats;
+use crate::tls::PoolTls;
 use crate::upstream::Server;
 use arc_swap::ArcSwap;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -21,6 +23,10 @@ pub struct Topology {
     pub servers: Vec<Arc<Server>>,
     /// The pool's counters, kept across reloads.
     pub stats: Arc<PoolStats>,
+    /// Certificates and keys as read for this generation of the config.
+    pub tls: PoolTls,
+    /// Where an L4 pool's round robin goes next.
+    pub next: AtomicUsize,
 }
 
 /// Told when a server of the pool is ejected.
@@ -28,14 +34,14 @@ pub type HealthEvents = mpsc::UnboundedSender<()>;
 
 impl Topology {
     /// Build the ring and start the server connections. Must run inside a Tokio runtime.
-    pub fn start(pool: &PoolConfig) -> Topology {
-        Topology::rebuild(pool, None, None)
+    pub fn start(pool: &PoolConfig, tls: PoolTls) -> Topology {
+        Topology::rebuild(pool, tls, None, None)
     }
 
     /// Build a pool's topology, keeping the connections of every server of `old` that is still
-    /// in the pool with the same address and connection settings. Ejected servers are left
-    /// out of the ring, exactly as nutcracker leaves them out.
-    pub fn rebuild(pool: &PoolConfig, old: Option<&Topology>, events: Option<&HealthEvents>) -> Topology {
+    /// in the pool with the same address and connection settings (TLS material included).
+    /// Ejected servers are left out of the ring, exactly as nutcracker leaves them out.
+    pub fn rebuild(pool: &PoolConfig, tls: PoolTls, old: Option<&Topology>, events: Option<&HealthEvents>) -> Topology {
         let servers: Vec<Arc<Server>> = pool
             .servers
             .iter()
@@ -43,10 +49,10 @@ impl Topology {
                 old.and_then(|o| {
                     o.servers
                         .iter()
-                        .find(|k| k.addr == s.addr && k.same_connections(pool, s))
+                        .find(|k| k.addr == s.addr && k.same_connections(pool, s, &tls))
                 })
                 .cloned()
-                .unwrap_or_else(|| Server::start(pool, s, events.cloned()))
+                .unwrap_or_else(|| Server::start(pool, s, &tls, events.cloned()))
             })
             .collect();
         let ring_servers: Vec<RingServer<'_>> = pool
@@ -67,6 +73,8 @@ impl Topology {
             stats: old
                 .map(|o| o.stats.clone())
                 .unwrap_or_else(|| PoolStats::new(&pool.name)),
+            tls,
+            next: AtomicUsize::new(0),
         }
     }
 
@@ -99,7 +107,7 @@ pub async fn watch_health(
         }
         while rx.try_recv().is_ok() {}
         let current = topo.load_full();
-        let next = Topology::rebuild(&current.pool, Some(&current), Some(&events));
+        let next = Topology::rebuild(&current.pool, current.tls.clone(), Some(&current), Some(&events));
         let ejected: Vec<&Arc<Server>> = next.servers.iter().filter(|s| s.is_ejected()).collect();
         for s in &ejected {
             if !probing.iter().any(|p| Arc::ptr_eq(p, s)) {

@@ -3,35 +3,12 @@
 mod common;
 
 use common::{
-    cmd, config_file, eventually, free_port, legate_logged, memcached, redis_server, require, Client, Logged,
+    cmd, config_file, eventually, free_port, http, legate_logged, memcached, metric, redis_server, require, Client,
+    Logged,
 };
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
-
-/// One HTTP/1.1 request; returns (status, body).
-fn http(port: u16, method: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, body.to_string())
-}
-
-/// The value of the series `name{...labels containing all of `has`...}`.
-fn metric(text: &str, name: &str, has: &[&str]) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (series, value) = l.rsplit_once(' ')?;
-        let base = series.split('{').next()?;
-        (base == name && has.iter().all(|h| series.contains(h))).then(|| value.parse().ok())?
-    })
-}
 
 struct Setup {
     _mc: common::Proc,

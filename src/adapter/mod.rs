@@ -102,6 +102,7 @@ pub fn parse_stats(protocol: Protocol, text: &str) -> HashMap<String, f64> {
                 Some(kv) => kv,
                 None => continue,
             },
+            Protocol::Tcp => continue,
         };
         if let Ok(n) = v.parse::<f64>() {
             out.insert(k.to_string(), n);
@@ -144,6 +145,7 @@ pub async fn scrape_once(pools: &[SharedTopology], backends: &Backends) {
             let keys = match protocol {
                 Protocol::Redis => m.redis,
                 Protocol::Memcache => m.memcache,
+                Protocol::Tcp => &[],
             };
             let vals: Vec<f64> = keys.iter().filter_map(|k| fields.get(*k).copied()).collect();
             if vals.is_empty() {

@@ -108,7 +108,7 @@ impl Status {
                 let name = cfg.alias.clone().unwrap_or_else(|| cfg.addr.to_string());
                 let server: Value = json!({
                     "server_eof": g(&st.server_eof),
-                    "server_err": g(&st.server_err),
+                    "server_err": g(&st.server_err) + g(&st.tls_err),
                     "server_timedout": g(&st.server_timedout),
                     "server_connections": st.server_connections.load(Ordering::Relaxed),
                     "server_ejected_at": g(&st.ejected_at),

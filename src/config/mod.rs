@@ -13,6 +13,8 @@ use std::time::Duration;
 pub enum Protocol {
     Memcache,
     Redis,
+    /// An L4 pool: the byte stream is forwarded untouched to one server per connection.
+    Tcp,
 }
 
 impl Protocol {
@@ -21,8 +23,43 @@ impl Protocol {
         match self {
             Protocol::Memcache => "memcache",
             Protocol::Redis => "redis",
+            Protocol::Tcp => "tcp",
         }
     }
+}
+
+/// How an L4 (`protocol: tcp`) pool picks a server for each client connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// The pool's ring (`ketama`, `modula` or `random`), keyed by the client's IP address.
+    Ring,
+    RoundRobin,
+    LeastConnections,
+}
+
+/// TLS from legate to a pool's servers (`tls:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// PEM roots that sign the servers' certificates; `None`: the system's roots.
+    pub ca_file: Option<String>,
+    /// The name sent as SNI and checked against the certificate; `None`: each server's host.
+    pub server_name: Option<String>,
+    /// legate's own certificate chain and key, for servers that require client certificates.
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    /// `false` accepts any certificate (only with an explicit `verify: false`).
+    pub verify: bool,
+}
+
+/// TLS on a pool's listener (`listen_tls:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenTlsConfig {
+    pub cert_file: String,
+    pub key_file: String,
+    /// When set, clients must present a certificate signed by one of these roots.
+    pub client_ca_file: Option<String>,
+    /// A client that has not finished its handshake in this time is closed.
+    pub handshake_timeout: Duration,
 }
 
 /// Where a pool listens or a server is reached.
@@ -83,6 +120,12 @@ pub struct PoolConfig {
     /// Close a client with nothing outstanding after this long without a request (legate);
     /// `None`: never.
     pub client_idle_timeout: Option<Duration>,
+    /// How an L4 pool picks a server per connection (`distribution:`); `Ring` for other pools.
+    pub balance: Balance,
+    /// TLS to the servers.
+    pub tls: Option<TlsConfig>,
+    /// TLS on the listener.
+    pub listen_tls: Option<ListenTlsConfig>,
     /// Servers in nutcracker's order (sorted by name), which modula depends on.
     pub servers: Vec<ServerConfig>,
 }
@@ -144,7 +187,15 @@ const KEYS: &[&str] = &[
     "protocol",
     "max_request_bytes",
     "client_idle_timeout",
+    "tls",
+    "listen_tls",
 ];
+
+const TLS_KEYS: &[&str] = &["ca_file", "server_name", "cert_file", "key_file", "verify"];
+const LISTEN_TLS_KEYS: &[&str] = &["cert_file", "key_file", "client_ca_file", "handshake_timeout"];
+
+/// Default `listen_tls.handshake_timeout`.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Config {
     /// Parse and validate a config file's text.
@@ -295,12 +346,6 @@ fn parse_pool(name: &str, v: Value) -> Result<PoolConfig, ConfigError> {
             ))
         }
     };
-    let distribution = match s("distribution")? {
-        None => Distribution::Ketama,
-        Some(d) => {
-            Distribution::parse(&d).ok_or_else(|| err(name, "distribution", format!("unknown distribution '{d}'")))?
-        }
-    };
     let redis = boolean("redis")?;
     let protocol = match s("protocol")?.as_deref() {
         None => {
@@ -312,12 +357,114 @@ fn parse_pool(name: &str, v: Value) -> Result<PoolConfig, ConfigError> {
         }
         Some("redis") => Protocol::Redis,
         Some("memcache") | Some("memcached") => Protocol::Memcache,
+        Some("tcp") => Protocol::Tcp,
         Some(p) => {
             return Err(err(
                 name,
                 "protocol",
-                format!("unknown protocol '{p}' (memcache or redis)"),
+                format!("unknown protocol '{p}' (memcache, redis or tcp)"),
             ))
+        }
+    };
+    if protocol == Protocol::Tcp && redis {
+        return Err(err(name, "protocol", "contradicts 'redis'"));
+    }
+    let (distribution, balance) = match (s("distribution")?.as_deref(), protocol) {
+        (None, _) => (Distribution::Ketama, Balance::Ring),
+        (Some("round_robin"), Protocol::Tcp) => (Distribution::Random, Balance::RoundRobin),
+        (Some("least_connections"), Protocol::Tcp) => (Distribution::Random, Balance::LeastConnections),
+        (Some(d @ ("round_robin" | "least_connections")), _) => {
+            return Err(err(
+                name,
+                "distribution",
+                format!("'{d}' is only valid in a 'protocol: tcp' pool"),
+            ))
+        }
+        (Some(d), _) => (
+            Distribution::parse(d).ok_or_else(|| err(name, "distribution", format!("unknown distribution '{d}'")))?,
+            Balance::Ring,
+        ),
+    };
+    let section = |key: &str, allowed: &[&str]| -> Result<Option<serde_yaml::Mapping>, ConfigError> {
+        match get.get(key) {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(None),
+            Some(Value::Bool(true)) => Ok(Some(serde_yaml::Mapping::new())),
+            Some(Value::Mapping(m)) => {
+                for k in m.keys() {
+                    let k = scalar_string(k).unwrap_or_default();
+                    if !allowed.contains(&k.as_str()) {
+                        return Err(err(name, &format!("{key}.{k}"), "unknown key"));
+                    }
+                }
+                Ok(Some(m.clone()))
+            }
+            Some(other) => Err(err(name, key, format!("expected a mapping of settings, got {other:?}"))),
+        }
+    };
+    let field = |section: &str, m: &serde_yaml::Mapping, key: &str| -> Result<Option<String>, ConfigError> {
+        match m.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => scalar_string(v)
+                .map(Some)
+                .ok_or_else(|| err(name, &format!("{section}.{key}"), "expected a string")),
+        }
+    };
+    let tls = match section("tls", TLS_KEYS)? {
+        None => None,
+        Some(m) => {
+            let verify = match m.get("verify") {
+                None | Some(Value::Null) => true,
+                Some(Value::Bool(b)) => *b,
+                Some(other) => {
+                    return Err(err(
+                        name,
+                        "tls.verify",
+                        format!("expected true or false, got {other:?}"),
+                    ))
+                }
+            };
+            let t = TlsConfig {
+                ca_file: field("tls", &m, "ca_file")?,
+                server_name: field("tls", &m, "server_name")?,
+                cert_file: field("tls", &m, "cert_file")?,
+                key_file: field("tls", &m, "key_file")?,
+                verify,
+            };
+            if t.cert_file.is_some() != t.key_file.is_some() {
+                return Err(err(
+                    name,
+                    "tls",
+                    "cert_file and key_file go together (client certificate)",
+                ));
+            }
+            Some(t)
+        }
+    };
+    let listen_tls = match section("listen_tls", LISTEN_TLS_KEYS)? {
+        None => None,
+        Some(m) => {
+            let need = |k: &str| {
+                field("listen_tls", &m, k)?.ok_or_else(|| err(name, &format!("listen_tls.{k}"), "is required"))
+            };
+            let handshake_timeout = match m.get("handshake_timeout") {
+                None | Some(Value::Null) => DEFAULT_HANDSHAKE_TIMEOUT,
+                Some(Value::Number(n)) if n.as_u64().is_some_and(|ms| ms > 0) => {
+                    Duration::from_millis(n.as_u64().unwrap_or_default())
+                }
+                Some(other) => {
+                    return Err(err(
+                        name,
+                        "listen_tls.handshake_timeout",
+                        format!("expected milliseconds > 0, got {other:?}"),
+                    ))
+                }
+            };
+            Some(ListenTlsConfig {
+                cert_file: need("cert_file")?,
+                key_file: need("key_file")?,
+                client_ca_file: field("listen_tls", &m, "client_ca_file")?,
+                handshake_timeout,
+            })
         }
     };
     if get.contains_key("redis") && redis != (protocol == Protocol::Redis) && get.contains_key("protocol") {
@@ -355,6 +502,9 @@ fn parse_pool(name: &str, v: Value) -> Result<PoolConfig, ConfigError> {
         },
         tcpkeepalive: boolean("tcpkeepalive")?,
         reuseport: boolean("reuseport")?,
+        balance,
+        tls,
+        listen_tls,
         servers,
     })
 }

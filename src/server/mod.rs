@@ -7,12 +7,14 @@
 //! the session's backpressure: a client that does not read its replies stops being read.
 
 use crate::config::{Addr, PoolConfig, Protocol};
+use crate::net::{Plain, Stream};
 use crate::protocol::{memcache, redis, Need, Parse, MAX_VALUE_BYTES};
 use crate::router::{self, Slot};
 use crate::topology::SharedTopology;
 use crate::upstream::{write_all_vectored, Reply, UpstreamError};
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -93,17 +95,14 @@ pub struct PoolHandle {
     pub alive: mpsc::Sender<()>,
 }
 
-async fn accept(listener: &Listener) -> std::io::Result<(BoxRead, BoxWrite)> {
+/// The next client and its IP address (none for unix sockets).
+async fn accept(listener: &Listener) -> std::io::Result<(Plain, Option<IpAddr>)> {
     match listener {
-        Listener::Tcp(l) => l.accept().await.map(|(s, _)| {
+        Listener::Tcp(l) => l.accept().await.map(|(s, peer)| {
             let _ = s.set_nodelay(true);
-            let (r, w) = s.into_split();
-            (Box::new(r) as BoxRead, Box::new(w) as BoxWrite)
+            (Plain::Tcp(s), Some(peer.ip()))
         }),
-        Listener::Unix(l) => l.accept().await.map(|(s, _)| {
-            let (r, w) = s.into_split();
-            (Box::new(r) as BoxRead, Box::new(w) as BoxWrite)
-        }),
+        Listener::Unix(l) => l.accept().await.map(|(s, _)| (Plain::Unix(s), None)),
     }
 }
 
@@ -117,8 +116,8 @@ pub async fn accept_loop(listener: Listener, pool: PoolHandle) -> Listener {
             a = accept(&listener) => a,
             _ = drain.wait_for(|d| *d) => return listener,
         };
-        let (r, w) = match accepted {
-            Ok(rw) => rw,
+        let (plain, peer) = match accepted {
+            Ok(a) => a,
             Err(e) => {
                 // Out of descriptors and similar: back off briefly rather than spin.
                 tracing::warn!(error = %e, "accept failed");
@@ -132,15 +131,20 @@ pub async fn accept_loop(listener: Listener, pool: PoolHandle) -> Listener {
             let reply: &'static [u8] = match pool.protocol {
                 Protocol::Memcache => b"SERVER_ERROR too many open connections\r\n",
                 Protocol::Redis => b"-ERR max number of clients reached\r\n",
+                Protocol::Tcp => b"",
             };
-            let mut w = w;
+            // Told in the protocol when the client speaks it in the clear; a TLS client would
+            // need a handshake first, so it is just closed.
+            let tell = pool.topo.load().tls.acceptor.is_none();
+            let mut s = plain;
             tokio::spawn(async move {
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
-                    let _ = w.write_all(reply).await;
-                    let _ = w.shutdown().await;
+                    if tell {
+                        let _ = s.write_all(reply).await;
+                    }
+                    let _ = s.shutdown().await;
                 })
                 .await;
-                drop(r);
             });
             continue;
         }
@@ -150,17 +154,35 @@ pub async fn accept_loop(listener: Listener, pool: PoolHandle) -> Listener {
         let stats = pool.topo.load().stats.clone();
         stats.client_connections.fetch_add(1, Ordering::Relaxed);
         stats.clients_total.fetch_add(1, Ordering::Relaxed);
+        let acceptor = pool.topo.load().tls.acceptor.clone();
         tokio::spawn(async move {
-            session(r, w, pool).await;
+            // The handshake runs in the client's own task, under its timeout, so a slow or
+            // failing client never holds up the accept loop or anyone else.
+            let stream = match acceptor {
+                None => Some(Stream::Plain(plain)),
+                Some(a) => match a.accept(plain).await {
+                    Ok(s) => Some(s),
+                    Err(reason) => {
+                        tracing::info!(client = ?peer, %reason, "client TLS handshake failed");
+                        stats.client_tls_err.fetch_add(1, Ordering::Relaxed);
+                        None
+                    }
+                },
+            };
+            match stream {
+                Some(s) if pool.protocol == Protocol::Tcp => crate::l4::session(s, peer, pool).await,
+                Some(s) => {
+                    let (r, w) = s.into_split();
+                    session(r, w, pool).await;
+                }
+                None => drop(pool),
+            }
             clients.fetch_sub(1, Ordering::Relaxed);
             stats.client_connections.fetch_sub(1, Ordering::Relaxed);
             stats.client_eof.fetch_add(1, Ordering::Relaxed);
         });
     }
 }
-
-type BoxRead = Box<dyn AsyncRead + Unpin + Send>;
-type BoxWrite = Box<dyn AsyncWrite + Unpin + Send>;
 
 /// Serve one client until it closes, quits, sends what cannot be resynchronised, or the pool
 /// drains.
@@ -255,6 +277,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
                             Some(Slot::Close(Bytes::from(e.reply())))
                         }
                     },
+                    Protocol::Tcp => unreachable!("L4 pools forward bytes without sessions"),
                 };
                 if let Some(slot) = slot {
                     let close = matches!(slot, Slot::Close(_));
@@ -273,6 +296,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
             let reply: &'static [u8] = match protocol {
                 Protocol::Memcache => b"SERVER_ERROR object too large for cache\r\n",
                 Protocol::Redis => b"-ERR Protocol error: request larger than max_request_bytes\r\n",
+                Protocol::Tcp => b"",
             };
             let _ = tx.send(Slot::Close(Bytes::from_static(reply))).await;
             return false;

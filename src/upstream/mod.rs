@@ -9,7 +9,9 @@
 
 use crate::config::{Addr, PoolConfig, Protocol, ServerConfig};
 use crate::metrics::ServerStats;
+use crate::net::{Plain, Stream};
 use crate::protocol::{memcache, redis};
+use crate::tls::{Connector, PoolTls};
 use bytes::{Buf, Bytes, BytesMut};
 use smallvec::SmallVec;
 use std::collections::VecDeque;
@@ -141,9 +143,10 @@ struct Target {
     auto_eject: bool,
     failure_limit: u32,
     retry_timeout: Duration,
+    tls: Option<Arc<Connector>>,
 }
 
-fn target(pool: &PoolConfig, server: &ServerConfig) -> Target {
+fn target(pool: &PoolConfig, server: &ServerConfig, tls: &PoolTls) -> Target {
     Target {
         label: server.addr.to_string(),
         addr: server.addr.clone(),
@@ -158,6 +161,7 @@ fn target(pool: &PoolConfig, server: &ServerConfig) -> Target {
         auto_eject: pool.auto_eject_hosts,
         failure_limit: pool.server_failure_limit.max(1),
         retry_timeout: pool.server_retry_timeout,
+        tls: tls.connector.clone(),
     }
 }
 
@@ -165,9 +169,15 @@ impl Server {
     /// Start `server_connections` connection tasks for `server` (connected lazily on first use,
     /// or at once with `preconnect`). Must be called inside a Tokio runtime. The tasks end when
     /// the returned value is dropped.
-    /// `events` is told when the server is ejected (with `auto_eject_hosts`).
-    pub fn start(pool: &PoolConfig, server: &ServerConfig, events: Option<mpsc::UnboundedSender<()>>) -> Arc<Server> {
-        let target = target(pool, server);
+    /// `events` is told when the server is ejected (with `auto_eject_hosts`). An L4 pool's
+    /// server has no shared connections: [`Server::open`] makes one per client.
+    pub fn start(
+        pool: &PoolConfig,
+        server: &ServerConfig,
+        tls: &PoolTls,
+        events: Option<mpsc::UnboundedSender<()>>,
+    ) -> Arc<Server> {
+        let target = target(pool, server, tls);
         let stats = ServerStats::new(&pool.name, &target.label);
         let health = Arc::new(Health {
             failures: AtomicU32::new(0),
@@ -177,7 +187,12 @@ impl Server {
             events,
             stats: stats.clone(),
         });
-        let conns = (0..target.connections)
+        let shared = if pool.protocol == Protocol::Tcp {
+            0
+        } else {
+            target.connections
+        };
+        let conns = (0..shared)
             .map(|_| {
                 let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
                 tokio::spawn(run_connection(target.clone(), health.clone(), rx, target.preconnect));
@@ -212,7 +227,10 @@ impl Server {
     /// The server cannot be reached or answers something else.
     pub async fn info(&self) -> Result<String, String> {
         let ask = async {
-            let mut s = connect(&self.target).await?;
+            let mut s = connect(&self.target).await.map_err(|f| f.reason)?;
+            if self.target.protocol == Protocol::Tcp {
+                return Ok(String::new()); // up when it accepts a connection; nothing to ask
+            }
             let redis = self.target.protocol == Protocol::Redis;
             s.write_all(if redis { b"INFO\r\n" } else { b"stats\r\n" })
                 .await
@@ -247,105 +265,82 @@ impl Server {
                 self.health.ejected.store(false, Ordering::Relaxed);
                 true
             }
-            Err(reason) => {
-                tracing::info!(server = %self.target.label, %reason, "ejected server still down");
+            Err(f) => {
+                tracing::info!(server = %self.target.label, reason = %f.reason, "ejected server still down");
                 false
             }
         }
     }
 
+    /// A connection of its own for one client of an L4 pool. Failures count towards ejection
+    /// like any other connect failure.
+    ///
+    /// # Errors
+    /// The server cannot be reached, or the TLS handshake failed; the reason says which.
+    pub async fn open(&self) -> Result<Stream, String> {
+        match connect(&self.target).await {
+            Ok(s) => {
+                self.health.success();
+                Ok(s)
+            }
+            Err(f) => {
+                self.count_failure(&f);
+                Err(f.reason)
+            }
+        }
+    }
+
+    fn count_failure(&self, f: &ConnectFailure) {
+        tracing::warn!(server = %self.target.label, reason = %f.reason, "cannot connect");
+        count_connect_failure(&self.health, f);
+    }
+
     /// True when this server's connections are what `server` in `pool` would open: a reload
     /// then keeps them.
-    pub fn same_connections(&self, pool: &PoolConfig, server: &ServerConfig) -> bool {
-        self.target == target(pool, server)
+    pub fn same_connections(&self, pool: &PoolConfig, server: &ServerConfig, tls: &PoolTls) -> bool {
+        self.target == target(pool, server, tls)
     }
 
     /// Queue a job on one of the server's connections (round robin). When the connection task
     /// is gone the job is dropped, and its receiver reports the connection lost.
     pub async fn send(&self, job: Job) {
-        let i = if self.conns.len() == 1 {
+        let i = if self.conns.len() <= 1 {
             0
         } else {
             self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len()
         };
-        let _ = self.conns[i].send(job).await;
-    }
-}
-
-/// A boxed byte stream, so TCP and unix sockets share one code path.
-enum Conn {
-    Tcp(tokio::net::TcpStream),
-    Unix(tokio::net::UnixStream),
-}
-
-type BoxRead = Box<dyn AsyncRead + Unpin + Send>;
-type BoxWrite = Box<dyn AsyncWrite + Unpin + Send>;
-
-impl Conn {
-    /// Owned halves without a lock between them (unlike `tokio::io::split`).
-    fn into_split(self) -> (BoxRead, BoxWrite) {
-        match self {
-            Conn::Tcp(s) => {
-                let (r, w) = s.into_split();
-                (Box::new(r), Box::new(w))
-            }
-            Conn::Unix(s) => {
-                let (r, w) = s.into_split();
-                (Box::new(r), Box::new(w))
-            }
+        if let Some(conn) = self.conns.get(i) {
+            let _ = conn.send(job).await;
         }
     }
 }
 
-impl AsyncRead for Conn {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-            Conn::Unix(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-        }
+/// Why a connection could not be made; TLS failures are counted apart.
+struct ConnectFailure {
+    reason: String,
+    tls: bool,
+}
+
+impl From<String> for ConnectFailure {
+    fn from(reason: String) -> Self {
+        ConnectFailure { reason, tls: false }
     }
 }
 
-impl AsyncWrite for Conn {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-            Conn::Unix(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
-            Conn::Unix(s) => std::pin::Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-            Conn::Unix(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-        }
-    }
+fn count_connect_failure(health: &Health, f: &ConnectFailure) {
+    let counter = if f.tls {
+        &health.stats.tls_err
+    } else {
+        &health.stats.server_err
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    health.failure();
 }
 
-async fn connect(t: &Target) -> Result<Conn, String> {
+/// Connect (and run the TLS handshake, then Redis AUTH/SELECT), all under the connect timeout.
+async fn connect(t: &Target) -> Result<Stream, ConnectFailure> {
     let connect = async {
-        let s = match &t.addr {
+        let plain = match &t.addr {
             Addr::Tcp { host, port } => {
                 let s = tokio::net::TcpStream::connect((host.as_str(), *port))
                     .await
@@ -354,17 +349,29 @@ async fn connect(t: &Target) -> Result<Conn, String> {
                 if t.tcpkeepalive {
                     let _ = socket2::SockRef::from(&s).set_keepalive(true);
                 }
-                Conn::Tcp(s)
+                Plain::Tcp(s)
             }
             Addr::Unix { path, .. } => {
-                Conn::Unix(tokio::net::UnixStream::connect(path).await.map_err(|e| e.to_string())?)
+                Plain::Unix(tokio::net::UnixStream::connect(path).await.map_err(|e| e.to_string())?)
             }
         };
-        Ok::<_, String>(s)
+        match &t.tls {
+            None => Ok::<_, ConnectFailure>(Stream::Plain(plain)),
+            Some(tls) => {
+                let host = match &t.addr {
+                    Addr::Tcp { host, .. } => host.as_str(),
+                    Addr::Unix { .. } => "localhost",
+                };
+                tls.connect(host, plain).await.map_err(|e| ConnectFailure {
+                    reason: format!("TLS handshake failed: {e}"),
+                    tls: true,
+                })
+            }
+        }
     };
     let mut s = tokio::time::timeout(t.connect_timeout, connect)
         .await
-        .map_err(|_| "connect timed out".to_string())??;
+        .map_err(|_| ConnectFailure::from("connect timed out".to_string()))??;
     if t.protocol == Protocol::Redis {
         let mut hello = BytesMut::new();
         let mut expected = 0;
@@ -454,14 +461,13 @@ async fn run_connection(t: Target, health: Arc<Health>, mut rx: mpsc::Receiver<J
         }
         let stream = match connect(&t).await {
             Ok(s) => s,
-            Err(reason) => {
-                tracing::warn!(server = %t.label, %reason, "cannot connect");
-                health.stats.server_err.fetch_add(1, Ordering::Relaxed);
+            Err(f) => {
+                tracing::warn!(server = %t.label, reason = %f.reason, "cannot connect");
+                count_connect_failure(&health, &f);
                 let err = UpstreamError::Connect {
                     server: t.label.clone(),
-                    reason,
+                    reason: f.reason,
                 };
-                health.failure();
                 fail_all(&mut batch, &err);
                 down = Some((Instant::now() + backoff, err));
                 backoff = (backoff * 2).min(BACKOFF_MAX);

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -87,6 +89,11 @@ pub fn memcached() -> Proc {
 
 /// A memcached on a given port (to restart one that was killed).
 pub fn memcached_on(port: u16) -> Proc {
+    memcached_with(port, &[])
+}
+
+/// A memcached on a given port with extra arguments (`-Z`, ...).
+pub fn memcached_with(port: u16, extra: &[&str]) -> Proc {
     let bin = require("memcached", "memcached");
     let mut cmd = Command::new(bin);
     cmd.args([
@@ -103,6 +110,7 @@ pub fn memcached_on(port: u16) -> Proc {
         "-t",
         "1",
     ]);
+    cmd.args(extra);
     if is_root() {
         cmd.args(["-u", "nobody"]);
     }
@@ -390,4 +398,28 @@ pub fn cmd(line: &str) -> Vec<u8> {
         out.extend(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
     }
     out
+}
+
+/// One HTTP/1.1 request; returns (status, body).
+pub fn http(port: u16, method: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
+}
+
+/// The value of the series `name{...labels containing all of `has`...}`.
+pub fn metric(text: &str, name: &str, has: &[&str]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let base = series.split('{').next()?;
+        (base == name && has.iter().all(|h| series.contains(h))).then(|| value.parse().ok())?
+    })
 }
