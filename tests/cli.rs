@@ -32,6 +32,33 @@ fn example_config_passes() {
 }
 
 #[test]
+fn tls_example_passes_once_its_certificate_files_exist() {
+    let example = include_str!("../config/tls-l4.yml");
+    // As shipped, the files it names do not exist here, and -t says which.
+    let (ok, text) = check(example);
+    assert!(
+        !ok && text.contains("pool 'managed-redis', key 'tls.ca_file'"),
+        "{text}"
+    );
+    // With real files at those names, the example is valid.
+    let p = common::pki::pki();
+    let (cert, key, ca) = (p.server_cert.display(), p.server_key.display(), p.ca.display());
+    let real = example
+        .replace("/etc/legate/tls/ca.pem", &ca.to_string())
+        .replace("/etc/legate/tls/clients-ca.pem", &ca.to_string())
+        .replace("/etc/legate/tls/client.pem", &p.client_cert.display().to_string())
+        .replace("/etc/legate/tls/client.key", &p.client_key.display().to_string())
+        .replace("/etc/legate/tls/legate.pem", &cert.to_string())
+        .replace("/etc/legate/tls/legate.key", &key.to_string());
+    assert!(
+        !real.contains("/etc/legate"),
+        "a path of the example is not covered here"
+    );
+    let (ok, text) = check(&real);
+    assert!(ok, "{text}");
+}
+
+#[test]
 fn errors_name_the_pool_and_key_and_exit_1() {
     let cases = [
         (

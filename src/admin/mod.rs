@@ -132,6 +132,7 @@ impl Status {
 
     /// The running config, passwords redacted, with its generation and the last reload error.
     fn config_json(&self) -> String {
+        use crate::config::Balance;
         use serde_json::json;
         let pools: Vec<_> = self
             .pools
@@ -145,7 +146,19 @@ impl Status {
                     "protocol": p.protocol.name(),
                     "hash": p.hash.name(),
                     "hash_tag": p.hash_tag.map(|t| String::from_utf8_lossy(&t).into_owned()),
-                    "distribution": p.distribution.name(),
+                    "distribution": match p.balance {
+                        Balance::Ring => p.distribution.name(),
+                        Balance::RoundRobin => "round_robin",
+                        Balance::LeastConnections => "least_connections",
+                    },
+                    "tls": p.tls.as_ref().map(|t| json!({
+                        "ca_file": t.ca_file, "server_name": t.server_name, "cert_file": t.cert_file,
+                        "key_file": t.key_file, "verify": t.verify,
+                    })),
+                    "listen_tls": p.listen_tls.as_ref().map(|t| json!({
+                        "cert_file": t.cert_file, "key_file": t.key_file, "client_ca_file": t.client_ca_file,
+                        "handshake_timeout_ms": t.handshake_timeout.as_millis() as u64,
+                    })),
                     "timeout_ms": p.timeout.map(|t| t.as_millis() as u64),
                     "redis_auth": p.redis_auth.as_ref().map(|_| "<redacted>"),
                     "redis_db": p.redis_db,

@@ -727,6 +727,43 @@ delta:
     }
 
     #[test]
+    fn tls_and_l4_extensions() {
+        let c = Config::parse(
+            "p:\n  listen: 127.0.0.1:1\n  protocol: tcp\n  distribution: least_connections\n  tls:\n    ca_file: /ca.pem\n    server_name: cache.example\n  listen_tls:\n    cert_file: /c.pem\n    key_file: /c.key\n  servers: ['a:1:1']\n",
+        )
+        .unwrap();
+        let p = &c.pools[0];
+        assert_eq!((p.protocol, p.balance), (Protocol::Tcp, Balance::LeastConnections));
+        let tls = p.tls.as_ref().unwrap();
+        assert_eq!(tls.ca_file.as_deref(), Some("/ca.pem"));
+        assert!(tls.verify, "verify is on unless turned off explicitly");
+        let l = p.listen_tls.as_ref().unwrap();
+        assert_eq!(
+            (l.client_ca_file.as_deref(), l.handshake_timeout),
+            (None, DEFAULT_HANDSHAKE_TIMEOUT)
+        );
+        // `tls: true`: the system's roots, the server's host as name.
+        let c = Config::parse("p:\n  listen: 127.0.0.1:1\n  redis: true\n  tls: true\n  servers: ['a:1:1']\n").unwrap();
+        assert_eq!(
+            c.pools[0].tls.as_ref().map(|t| (t.ca_file.clone(), t.verify)),
+            Some((None, true))
+        );
+
+        let e = refused("p:\n  listen: 127.0.0.1:1\n  distribution: round_robin\n  servers: ['a:1:1']\n");
+        assert_eq!(e.key.as_deref(), Some("distribution"));
+        let e = refused("p:\n  listen: 127.0.0.1:1\n  tls:\n    cafile: x\n  servers: ['a:1:1']\n");
+        assert_eq!(e.key.as_deref(), Some("tls.cafile"));
+        let e = refused("p:\n  listen: 127.0.0.1:1\n  tls:\n    cert_file: x\n  servers: ['a:1:1']\n");
+        assert_eq!(e.key.as_deref(), Some("tls"));
+        let e = refused("p:\n  listen: 127.0.0.1:1\n  tls:\n    verify: no\n  servers: ['a:1:1']\n");
+        assert_eq!(e.key.as_deref(), Some("tls.verify"));
+        let e = refused("p:\n  listen: 127.0.0.1:1\n  listen_tls:\n    cert_file: x\n  servers: ['a:1:1']\n");
+        assert_eq!(e.key.as_deref(), Some("listen_tls.key_file"));
+        let e = refused("p:\n  listen: 127.0.0.1:1\n  protocol: tcp\n  redis: true\n  servers: ['a:1:1']\n");
+        assert_eq!(e.key.as_deref(), Some("protocol"));
+    }
+
+    #[test]
     fn protocol_is_an_alternative_to_redis_flag() {
         let c = Config::parse("p:\n  listen: 127.0.0.1:1\n  protocol: redis\n  servers: ['a:1:1']\n").unwrap();
         assert_eq!(c.pools[0].protocol, Protocol::Redis);
