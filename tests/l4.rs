@@ -91,6 +91,8 @@ fn least_connections_avoids_the_busy_server() {
         &tcp_pool("lc", port, &[a.port, b.port], "  distribution: least_connections\n"),
         port,
     );
+    // legate's start-up probe (a connection to the port) holds a server for a moment: let it go.
+    std::thread::sleep(std::time::Duration::from_millis(300));
     let mut held = Vec::new();
     let mut busy = Vec::new();
     for _ in 0..4 {
