@@ -125,7 +125,9 @@ pub async fn accept_loop(listener: Listener, pool: PoolHandle) -> Listener {
                 continue;
             }
         };
-        let max_clients = pool.topo.load().pool.client_connections;
+        // One snapshot per accepted client: its limits, TLS and counters.
+        let topo = pool.topo.load_full();
+        let max_clients = topo.pool.client_connections;
         if max_clients > 0 && clients.load(Ordering::Relaxed) >= max_clients as usize {
             tracing::warn!(max_clients, "client_connections reached; refusing a new client");
             let reply: &'static [u8] = match pool.protocol {
@@ -135,7 +137,7 @@ pub async fn accept_loop(listener: Listener, pool: PoolHandle) -> Listener {
             };
             // Told in the protocol when the client speaks it in the clear; a TLS client would
             // need a handshake first, so it is just closed.
-            let tell = pool.topo.load().tls.acceptor.is_none();
+            let tell = topo.tls.acceptor.is_none();
             let mut s = plain;
             tokio::spawn(async move {
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
@@ -151,10 +153,11 @@ pub async fn accept_loop(listener: Listener, pool: PoolHandle) -> Listener {
         clients.fetch_add(1, Ordering::Relaxed);
         let clients = clients.clone();
         let pool = pool.clone();
-        let stats = pool.topo.load().stats.clone();
+        let stats = topo.stats.clone();
         stats.client_connections.fetch_add(1, Ordering::Relaxed);
         stats.clients_total.fetch_add(1, Ordering::Relaxed);
-        let acceptor = pool.topo.load().tls.acceptor.clone();
+        let acceptor = topo.tls.acceptor.clone();
+        drop(topo);
         tokio::spawn(async move {
             // The handshake runs in the client's own task, under its timeout, so a slow or
             // failing client never holds up the accept loop or anyone else.

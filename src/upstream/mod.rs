@@ -284,15 +284,10 @@ impl Server {
                 Ok(s)
             }
             Err(f) => {
-                self.count_failure(&f);
+                connect_failed(&self.health, &self.target.label, &f);
                 Err(f.reason)
             }
         }
-    }
-
-    fn count_failure(&self, f: &ConnectFailure) {
-        tracing::warn!(server = %self.target.label, reason = %f.reason, "cannot connect");
-        count_connect_failure(&self.health, f);
     }
 
     /// True when this server's connections are what `server` in `pool` would open: a reload
@@ -327,7 +322,9 @@ impl From<String> for ConnectFailure {
     }
 }
 
-fn count_connect_failure(health: &Health, f: &ConnectFailure) {
+/// Log, count (TLS apart from the rest) and feed a failed connect to ejection.
+fn connect_failed(health: &Health, label: &str, f: &ConnectFailure) {
+    tracing::warn!(server = %label, reason = %f.reason, "cannot connect");
     let counter = if f.tls {
         &health.stats.tls_err
     } else {
@@ -462,8 +459,7 @@ async fn run_connection(t: Target, health: Arc<Health>, mut rx: mpsc::Receiver<J
         let stream = match connect(&t).await {
             Ok(s) => s,
             Err(f) => {
-                tracing::warn!(server = %t.label, reason = %f.reason, "cannot connect");
-                count_connect_failure(&health, &f);
+                connect_failed(&health, &t.label, &f);
                 let err = UpstreamError::Connect {
                     server: t.label.clone(),
                     reason: f.reason,
