@@ -9,6 +9,7 @@
 //! - [`topology`]: a pool's servers, ring and connections as one immutable snapshot.
 //! - [`router`]: a parsed request -> the server(s) it goes to, split and merged when needed.
 //! - [`server`]: listeners and client sessions (parse, route, reply in order).
+//! - [`replies`]: one client's reply queue, filled by servers in any order, written in order.
 //! - [`upstream`]: pipelined connections to the backend servers.
 //! - [`l4`]: `protocol: tcp` pools, forwarding each client's byte stream to one server.
 //! - [`net`]: one stream type for TCP, unix sockets and TLS in either direction.
@@ -32,6 +33,7 @@ pub mod metrics;
 pub mod net;
 pub mod protocol;
 pub mod reload;
+pub mod replies;
 pub mod router;
 pub mod server;
 pub mod tls;

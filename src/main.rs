@@ -79,10 +79,15 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    // One worker: a current-thread runtime, whose scheduler has no cross-thread queues or wakeups.
+    let mut rt = if args.workers == Some(1) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     rt.enable_all().thread_name("legate-worker");
-    if let Some(n) = args.workers {
-        rt.worker_threads(n.max(1));
+    if let Some(n) = args.workers.filter(|&n| n > 1) {
+        rt.worker_threads(n);
     }
     let rt = match rt.build() {
         Ok(rt) => rt,

@@ -8,30 +8,22 @@ use crate::config::Protocol;
 use crate::metrics::Class;
 use crate::protocol::memcache::{self, Command};
 use crate::protocol::redis::{self, CommandKind, Merge};
+use crate::replies::Replies;
 use crate::topology::Topology;
-use crate::upstream::{Framing, Job, Reply, UpstreamError};
+use crate::upstream::{Framing, Job, UpstreamError};
 use bytes::{BufMut, Bytes, BytesMut};
 use smallvec::{smallvec, SmallVec};
-use tokio::sync::oneshot;
+use std::sync::Arc;
 
-/// Where one client request's reply will come from, in the client's order.
+/// What routing a request came to.
 #[derive(Debug)]
 pub enum Slot {
     /// Answered by the proxy.
     Ready(Bytes),
-    /// One server's reply, passed through.
-    One(oneshot::Receiver<Reply>),
-    /// Several servers' replies, merged.
-    Gather(Gather),
+    /// Sent to its server(s): the reply entry is reserved in the client's [`Replies`].
+    Queued,
     /// Send these bytes, then close the connection.
     Close(Bytes),
-}
-
-/// A split request: the replies of its parts and how to merge them.
-#[derive(Debug)]
-pub struct Gather {
-    pub parts: Vec<oneshot::Receiver<Reply>>,
-    pub merge: GatherMerge,
 }
 
 /// How a split request's replies are merged.
@@ -82,27 +74,49 @@ fn group_by_server(topo: &Topology, keys: &[&[u8]]) -> Option<(Vec<Part>, Vec<u3
     Some((parts, part_of_key))
 }
 
-async fn send_one(topo: &Topology, server: usize, parts: SmallVec<[Bytes; 2]>, framing: Framing) -> Slot {
+async fn send_one(
+    topo: &Topology,
+    q: &Arc<Replies>,
+    server: usize,
+    parts: SmallVec<[Bytes; 2]>,
+    framing: Framing,
+) -> Slot {
     topo.stats.request(Class::Single);
-    let (job, rx) = Job::new(parts, framing);
-    topo.servers[server].send(job).await;
-    Slot::One(rx)
+    if let Some(done) = q.expect_one() {
+        let job = Job {
+            parts,
+            framing,
+            done: Some(done),
+        };
+        topo.servers[server].send(job).await;
+    }
+    Slot::Queued
 }
 
-async fn send_gather(topo: &Topology, requests: Vec<(usize, Bytes)>, framing: Framing, merge: GatherMerge) -> Slot {
+async fn send_gather(
+    topo: &Topology,
+    q: &Arc<Replies>,
+    requests: Vec<(usize, Bytes)>,
+    framing: Framing,
+    merge: GatherMerge,
+) -> Slot {
     topo.stats.request(Class::Multi);
     topo.stats.count(&topo.stats.fragments, requests.len() as u64);
-    let mut parts = Vec::with_capacity(requests.len());
-    for (server, bytes) in requests {
-        let (job, rx) = Job::new(smallvec![bytes], framing);
-        topo.servers[server].send(job).await;
-        parts.push(rx);
+    if let Some(parts) = q.expect_gather(requests.len(), merge) {
+        for ((server, bytes), done) in requests.into_iter().zip(parts) {
+            let job = Job {
+                parts: smallvec![bytes],
+                framing,
+                done: Some(done),
+            };
+            topo.servers[server].send(job).await;
+        }
     }
-    Slot::Gather(Gather { parts, merge })
+    Slot::Queued
 }
 
 /// Route one memcache request. `None`: nothing goes back to the client (noreply).
-pub async fn memcache(topo: &Topology, frame: Bytes, req: &memcache::Request) -> Option<Slot> {
+pub async fn memcache(topo: &Topology, q: &Arc<Replies>, frame: Bytes, req: &memcache::Request) -> Option<Slot> {
     let framing = Framing::Memcache(req.reply_kind());
     if matches!(
         req.command,
@@ -114,7 +128,7 @@ pub async fn memcache(topo: &Topology, frame: Bytes, req: &memcache::Request) ->
         Command::Get | Command::Gets | Command::Gat | Command::Gats if req.keys.len() == 1 => {
             // The common case: one key, no grouping, nothing allocated.
             match topo.server_for(&frame[req.keys[0].clone()]) {
-                Some(server) => Some(send_one(topo, server, smallvec![frame], framing).await),
+                Some(server) => Some(send_one(topo, q, server, smallvec![frame], framing).await),
                 None => Some(Slot::Ready(error_reply(Protocol::Memcache, NO_SERVER))),
             }
         }
@@ -124,7 +138,7 @@ pub async fn memcache(topo: &Topology, frame: Bytes, req: &memcache::Request) ->
                 return Some(Slot::Ready(error_reply(Protocol::Memcache, NO_SERVER)));
             };
             if parts.len() == 1 {
-                return Some(send_one(topo, parts[0].0, smallvec![frame], framing).await);
+                return Some(send_one(topo, q, parts[0].0, smallvec![frame], framing).await);
             }
             let name = &frame[..frame.iter().position(|&c| c == b' ').unwrap_or(0)];
             let requests = parts
@@ -145,7 +159,7 @@ pub async fn memcache(topo: &Topology, frame: Bytes, req: &memcache::Request) ->
                 })
                 .collect();
             let keys = req.keys.iter().map(|r| frame.slice(r.clone())).collect();
-            Some(send_gather(topo, requests, framing, GatherMerge::McValues { keys, part_of_key }).await)
+            Some(send_gather(topo, q, requests, framing, GatherMerge::McValues { keys, part_of_key }).await)
         }
         Command::MetaNoop => {
             topo.stats.request(Class::Proxy);
@@ -172,7 +186,7 @@ pub async fn memcache(topo: &Topology, frame: Bytes, req: &memcache::Request) ->
                 return None;
             }
             let requests = (0..topo.servers.len()).map(|s| (s, frame.clone())).collect();
-            Some(send_gather(topo, requests, framing, GatherMerge::McAllOk).await)
+            Some(send_gather(topo, q, requests, framing, GatherMerge::McAllOk).await)
         }
         _ => {
             let key = &frame[req.keys[0].clone()];
@@ -195,7 +209,7 @@ pub async fn memcache(topo: &Topology, frame: Bytes, req: &memcache::Request) ->
             } else {
                 smallvec![frame]
             };
-            Some(send_one(topo, server, parts, framing).await)
+            Some(send_one(topo, q, server, parts, framing).await)
         }
     }
 }
@@ -292,7 +306,7 @@ fn check_auth(topo: &Topology, frame: &Bytes, req: &redis::Request, authed: &mut
 
 /// Route one Redis request (which has at least one argument). `authed` is the session's AUTH
 /// state, for pools with `redis_auth`.
-pub async fn redis(topo: &Topology, frame: Bytes, req: &redis::Request, authed: &mut bool) -> Slot {
+pub async fn redis(topo: &Topology, q: &Arc<Replies>, frame: Bytes, req: &redis::Request, authed: &mut bool) -> Slot {
     if let Some(slot) = check_auth(topo, &frame, req, authed) {
         topo.stats.request(Class::Proxy);
         return slot;
@@ -334,7 +348,7 @@ pub async fn redis(topo: &Topology, frame: Bytes, req: &redis::Request, authed: 
             let Some(server) = route_by(key_arg) else {
                 return redis_error(NO_SERVER.into());
             };
-            send_one(topo, server, smallvec![resp_frame(frame, req)], Framing::Redis).await
+            send_one(topo, q, server, smallvec![resp_frame(frame, req)], Framing::Redis).await
         }
         CommandKind::Multi { merge, step } => {
             if argc < 2 || !(argc - 1).is_multiple_of(step) {
@@ -345,7 +359,7 @@ pub async fn redis(topo: &Topology, frame: Bytes, req: &redis::Request, authed: 
                 return redis_error(NO_SERVER.into());
             };
             if parts.len() == 1 {
-                return send_one(topo, parts[0].0, smallvec![resp_frame(frame, req)], Framing::Redis).await;
+                return send_one(topo, q, parts[0].0, smallvec![resp_frame(frame, req)], Framing::Redis).await;
             }
             let requests = parts
                 .iter()
@@ -362,6 +376,7 @@ pub async fn redis(topo: &Topology, frame: Bytes, req: &redis::Request, authed: 
                 .collect();
             send_gather(
                 topo,
+                q,
                 requests,
                 Framing::Redis,
                 GatherMerge::Redis { merge, part_of_key },

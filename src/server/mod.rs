@@ -1,24 +1,26 @@
 //! Listeners and client sessions.
 //!
 //! A session is two halves. The reader parses every complete request in its buffer, routes
-//! each (queueing jobs on the servers' connections) and pushes one [`Slot`] per reply into a
-//! bounded channel. The writer takes slots in order, waits for each one's reply, and writes
-//! replies in batches; it only flushes before it would have to wait. The channel bound is
-//! the session's backpressure: a client that does not read its replies stops being read.
+//! each (queueing jobs on the servers' connections) and reserves one entry per reply in the
+//! session's [`Replies`]. Servers fill the entries as they answer; the writer takes the
+//! complete ones from the front, in request order, and writes them in batches. The queue's
+//! bound is the session's backpressure: a client that does not read its replies stops being
+//! read.
 
 use crate::config::{Addr, PoolConfig, Protocol};
 use crate::net::{Plain, Stream};
 use crate::protocol::{memcache, redis, Need, Parse, MAX_VALUE_BYTES};
+use crate::replies::{Entry, Replies};
 use crate::router::{self, Slot};
 use crate::topology::SharedTopology;
-use crate::upstream::{write_all_vectored, Reply, UpstreamError};
+use crate::upstream::write_all_vectored;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 /// Replies a session may owe before it stops reading requests.
 const SLOTS_IN_FLIGHT: usize = 1024;
@@ -194,12 +196,12 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (tx, rx) = mpsc::channel(SLOTS_IN_FLIGHT);
-    let answered = Arc::new(AtomicUsize::new(0));
+    let q = Replies::new(SLOTS_IN_FLIGHT);
     let stats = pool.topo.load().stats.clone();
-    let writer = tokio::spawn(write_replies(wr, rx, pool.protocol, answered.clone(), stats));
+    let writer = tokio::spawn(write_replies(wr, q.clone(), pool.protocol, stats));
     let mut drain = pool.drain.clone();
-    let drained = read_requests(&mut rd, tx, &pool.topo, pool.protocol, &mut drain, &answered).await;
+    let drained = read_requests(&mut rd, &q, &pool.topo, pool.protocol, &mut drain).await;
+    q.finish();
     let _ = writer.await;
     if drained {
         // Every reply owed has been written and the write side shut. Read (and drop) what the
@@ -217,14 +219,11 @@ where
 /// Parse and route until the client closes (false) or the pool drains (true).
 async fn read_requests<R: AsyncRead + Unpin>(
     rd: &mut R,
-    tx: mpsc::Sender<Slot>,
+    q: &Arc<Replies>,
     topo: &SharedTopology,
     protocol: Protocol,
     drain: &mut watch::Receiver<bool>,
-    answered: &AtomicUsize,
 ) -> bool {
-    // Slots sent to the writer; with `answered`, tells whether the client is idle.
-    let mut sent = 0usize;
     if *drain.borrow() {
         return true;
     }
@@ -237,11 +236,14 @@ async fn read_requests<R: AsyncRead + Unpin>(
         if buf.len() >= need {
             let t = topo.load_full();
             loop {
+                if !q.room().await {
+                    return false;
+                }
                 let slot = match protocol {
                     Protocol::Memcache => match memcache::parse_request(&buf) {
                         Ok(Parse::Complete(req)) => {
                             let frame = buf.split_to(req.len).freeze();
-                            router::memcache(&t, frame, &req).await
+                            router::memcache(&t, q, frame, &req).await
                         }
                         Ok(Parse::Incomplete(n)) => {
                             need = needed(n, buf.len());
@@ -267,7 +269,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
                             if req.args.is_empty() {
                                 None
                             } else {
-                                Some(router::redis(&t, frame, &req, &mut authed).await)
+                                Some(router::redis(&t, q, frame, &req, &mut authed).await)
                             }
                         }
                         Ok(Parse::Incomplete(n)) => {
@@ -282,10 +284,15 @@ async fn read_requests<R: AsyncRead + Unpin>(
                     },
                     Protocol::Tcp => unreachable!("L4 pools forward bytes without sessions"),
                 };
-                if let Some(slot) = slot {
-                    let close = matches!(slot, Slot::Close(_));
-                    sent += 1;
-                    if tx.send(slot).await.is_err() || close {
+                match slot {
+                    None | Some(Slot::Queued) => {}
+                    Some(Slot::Ready(b)) => {
+                        if !q.ready(b, false) {
+                            return false;
+                        }
+                    }
+                    Some(Slot::Close(b)) => {
+                        q.ready(b, true);
                         return false;
                     }
                 }
@@ -301,7 +308,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
                 Protocol::Redis => b"-ERR Protocol error: request larger than max_request_bytes\r\n",
                 Protocol::Tcp => b"",
             };
-            let _ = tx.send(Slot::Close(Bytes::from_static(reply))).await;
+            q.ready(Bytes::from_static(reply), true);
             return false;
         }
         let want = need.saturating_sub(buf.len()).clamp(16 * 1024, 4 * 1024 * 1024);
@@ -313,10 +320,10 @@ async fn read_requests<R: AsyncRead + Unpin>(
                 Ok(0) | Err(_) => return false,
                 Ok(_) => {}
             },
-            _ = tx.closed() => return false,
+            _ = q.gone() => return false,
             _ = drain.wait_for(|d| *d) => return true,
             _ = tokio::time::sleep(idle.unwrap_or_default()), if idle.is_some() => {
-                if answered.load(Ordering::Relaxed) == sent {
+                if q.owed() == 0 {
                     tracing::debug!("closing an idle client");
                     return false;
                 }
@@ -332,104 +339,74 @@ fn needed(n: Need, have: usize) -> usize {
     }
 }
 
-fn lost() -> UpstreamError {
-    UpstreamError::Lost {
-        server: "the server".into(),
-    }
-}
-
-/// Take one reply, flushing what is gathered first if it has to be waited for.
-async fn take<W: AsyncWrite + Unpin>(
-    rx: &mut oneshot::Receiver<Reply>,
-    wr: &mut W,
-    out: &mut VecDeque<Bytes>,
-) -> std::io::Result<Reply> {
-    match rx.try_recv() {
-        Ok(r) => Ok(r),
-        Err(oneshot::error::TryRecvError::Closed) => Ok(Err(lost())),
-        Err(oneshot::error::TryRecvError::Empty) => {
-            write_all_vectored(wr, out).await?;
-            Ok(rx.await.unwrap_or_else(|_| Err(lost())))
-        }
-    }
-}
-
 async fn write_replies<W: AsyncWrite + Unpin>(
     mut wr: W,
-    mut rx: mpsc::Receiver<Slot>,
+    q: Arc<Replies>,
     protocol: Protocol,
-    answered: Arc<AtomicUsize>,
     stats: Arc<crate::metrics::PoolStats>,
 ) {
     let mut out: VecDeque<Bytes> = VecDeque::new();
-    let mut pending_bytes = 0;
+    let mut ready: Vec<Entry> = Vec::new();
     let result: std::io::Result<()> = async {
-        loop {
-            let slot = match rx.try_recv() {
-                Ok(s) => s,
-                Err(mpsc::error::TryRecvError::Empty) => {
+        let mut pending_bytes = 0;
+        'session: while q.take(&mut ready).await {
+            for entry in ready.drain(..) {
+                let reply = match entry {
+                    Entry::Ready(b) => b,
+                    Entry::Close(b) => {
+                        out.push_back(b);
+                        break 'session;
+                    }
+                    Entry::One(r) => match r.expect("taken entries are complete") {
+                        Ok(b) => b,
+                        Err(e) => {
+                            stats.forward_error.fetch_add(1, Ordering::Relaxed);
+                            router::failure(protocol, &e)
+                        }
+                    },
+                    Entry::Gather { parts, merge, .. } => {
+                        let mut replies = Vec::with_capacity(parts.len());
+                        let mut failed = None;
+                        let mut answered = 0;
+                        for r in parts {
+                            match r.expect("taken entries are complete") {
+                                Ok(b) => {
+                                    answered += 1;
+                                    replies.push(b);
+                                }
+                                Err(e) => {
+                                    stats.forward_error.fetch_add(1, Ordering::Relaxed);
+                                    failed = failed.or(Some(e));
+                                    // Stands in for the failed shard: its keys read as misses.
+                                    replies.push(Bytes::from_static(b"END\r\n"));
+                                }
+                            }
+                        }
+                        match failed {
+                            // A multi-get answers the hits it has; the failed shard's keys miss.
+                            Some(_) if matches!(merge, router::GatherMerge::McValues { .. }) && answered > 0 => {
+                                router::merge(&merge, &replies)
+                            }
+                            Some(e) => router::failure(protocol, &e),
+                            None => router::merge(&merge, &replies),
+                        }
+                    }
+                };
+                pending_bytes += reply.len();
+                out.push_back(reply);
+                if pending_bytes >= WRITE_BATCH_BYTES || out.len() >= 1024 {
                     write_all_vectored(&mut wr, &mut out).await?;
                     pending_bytes = 0;
-                    match rx.recv().await {
-                        Some(s) => s,
-                        None => break,
-                    }
                 }
-                Err(mpsc::error::TryRecvError::Disconnected) => break,
-            };
-            let reply = match slot {
-                Slot::Ready(b) => b,
-                Slot::Close(b) => {
-                    out.push_back(b);
-                    break;
-                }
-                Slot::One(mut r) => match take(&mut r, &mut wr, &mut out).await? {
-                    Ok(b) => b,
-                    Err(e) => {
-                        stats.forward_error.fetch_add(1, Ordering::Relaxed);
-                        router::failure(protocol, &e)
-                    }
-                },
-                Slot::Gather(g) => {
-                    let mut replies = Vec::with_capacity(g.parts.len());
-                    let mut failed = None;
-                    let mut answered = 0;
-                    for mut r in g.parts {
-                        match take(&mut r, &mut wr, &mut out).await? {
-                            Ok(b) => {
-                                answered += 1;
-                                replies.push(b);
-                            }
-                            Err(e) => {
-                                stats.forward_error.fetch_add(1, Ordering::Relaxed);
-                                failed = failed.or(Some(e));
-                                // Stands in for the failed shard: its keys read as misses.
-                                replies.push(Bytes::from_static(b"END\r\n"));
-                            }
-                        }
-                    }
-                    match failed {
-                        // A multi-get answers the hits it has; the failed shard's keys miss.
-                        Some(_) if matches!(g.merge, router::GatherMerge::McValues { .. }) && answered > 0 => {
-                            router::merge(&g.merge, &replies)
-                        }
-                        Some(e) => router::failure(protocol, &e),
-                        None => router::merge(&g.merge, &replies),
-                    }
-                }
-            };
-            answered.fetch_add(1, Ordering::Relaxed);
-            pending_bytes += reply.len();
-            out.push_back(reply);
-            if pending_bytes >= WRITE_BATCH_BYTES || out.len() >= 1024 {
-                write_all_vectored(&mut wr, &mut out).await?;
-                pending_bytes = 0;
             }
+            write_all_vectored(&mut wr, &mut out).await?;
+            pending_bytes = 0;
         }
         write_all_vectored(&mut wr, &mut out).await?;
         wr.shutdown().await
     }
     .await;
+    q.close();
     if let Err(e) = result {
         tracing::debug!(error = %e, "client write failed");
     }

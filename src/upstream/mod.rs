@@ -4,13 +4,14 @@
 //! each job's completion to the reader *before* writing its bytes (so the reader always knows
 //! what the next reply belongs to), and writes the whole batch with vectored writes. The reader
 //! frames replies with the protocol's scanner and completes jobs in order with `Bytes` slices
-//! of its buffer. Many clients share the connection; each gets its own replies back through a
-//! oneshot channel, which is how replies return in each client's order.
+//! of its buffer. Many clients share the connection; each reply goes straight into its
+//! client's reply queue ([`crate::replies`]), which puts it back in that client's order.
 
 use crate::config::{Addr, PoolConfig, Protocol, ServerConfig};
 use crate::metrics::ServerStats;
 use crate::net::{Plain, Stream};
 use crate::protocol::{memcache, redis};
+use crate::replies::ReplyTo;
 use crate::tls::{Connector, PoolTls};
 use bytes::{Buf, Bytes, BytesMut};
 use smallvec::SmallVec;
@@ -21,7 +22,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 /// How the reply to a job is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,22 +53,7 @@ pub struct Job {
     pub parts: SmallVec<[Bytes; 2]>,
     pub framing: Framing,
     /// `None` when nobody waits for the reply.
-    pub done: Option<oneshot::Sender<Reply>>,
-}
-
-impl Job {
-    /// A job whose reply is awaited through the returned receiver.
-    pub fn new(parts: SmallVec<[Bytes; 2]>, framing: Framing) -> (Job, oneshot::Receiver<Reply>) {
-        let (tx, rx) = oneshot::channel();
-        (
-            Job {
-                parts,
-                framing,
-                done: Some(tx),
-            },
-            rx,
-        )
-    }
+    pub done: Option<ReplyTo>,
 }
 
 /// Jobs queued per connection before senders wait: bounds memory under overload.
@@ -419,7 +405,7 @@ async fn connect(t: &Target) -> Result<Stream, ConnectFailure> {
 /// times out: its late reply is then read and dropped.
 struct Pending {
     framing: Framing,
-    done: Option<oneshot::Sender<Reply>>,
+    done: Option<ReplyTo>,
     deadline: Option<Instant>,
     sent: Instant,
 }
@@ -434,7 +420,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 fn fail_all(batch: &mut Vec<Job>, err: &UpstreamError) {
     for job in batch.drain(..) {
         if let Some(done) = job.done {
-            let _ = done.send(Err(err.clone()));
+            done.send(Err(err.clone()));
         }
     }
 }
@@ -519,7 +505,7 @@ async fn write_requests<W: AsyncWrite + Unpin>(
             bytes += job.parts.iter().map(|p| p.len() as u64).sum::<u64>();
             match (job.framing, job.done) {
                 (Framing::None, Some(done)) => {
-                    let _ = done.send(Ok(Bytes::new()));
+                    done.send(Ok(Bytes::new()));
                 }
                 (framing, Some(done)) => {
                     awaited += 1;
@@ -566,7 +552,7 @@ async fn read_replies<R: AsyncRead + Unpin>(
     for p in queue {
         health.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         if let Some(done) = p.done {
-            let _ = done.send(Err(UpstreamError::Lost { server: label.clone() }));
+            done.send(Err(UpstreamError::Lost { server: label.clone() }));
         }
     }
 }
@@ -622,7 +608,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     st.in_flight.fetch_sub(1, Ordering::Relaxed);
                     st.record_latency(p.sent.elapsed());
                     if let Some(done) = p.done {
-                        let _ = done.send(Ok(reply));
+                        done.send(Ok(reply));
                     }
                 }
                 Ok(None) => break,
@@ -653,7 +639,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 while let Some(p) = queue.get_mut(expired) {
                     if p.deadline.is_some_and(|d| d <= now) {
                         if let Some(done) = p.done.take() {
-                            let _ = done.send(Err(UpstreamError::Timeout { server: label.to_string() }));
+                            done.send(Err(UpstreamError::Timeout { server: label.to_string() }));
                         }
                         health.stats.server_timedout.fetch_add(1, Ordering::Relaxed);
                         expired += 1;

@@ -1,0 +1,368 @@
+//! One client's replies, in the order its requests came.
+//!
+//! A session's reader reserves an entry per request as it routes it; a server connection fills
+//! the entry through the [`ReplyTo`] it was handed with the job; the session's writer takes
+//! entries from the front once they are complete. Entries are filled in any order (each server
+//! answers at its own pace) and written in request order. One mutex guards the queue; the writer
+//! is woken only when the entry at the front becomes complete, the reader only when it waits for
+//! room or the writer has gone.
+
+use crate::router::GatherMerge;
+use crate::upstream::{Reply, UpstreamError};
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+/// What one request is answered with.
+#[derive(Debug)]
+pub enum Entry {
+    /// Answered by the proxy.
+    Ready(Bytes),
+    /// Send these bytes, then close the connection.
+    Close(Bytes),
+    /// One server's reply, passed through (`None` until it comes).
+    One(Option<Reply>),
+    /// Several servers' replies, merged once `left` reaches 0.
+    Gather {
+        left: usize,
+        parts: Vec<Option<Reply>>,
+        merge: GatherMerge,
+    },
+}
+
+impl Entry {
+    fn complete(&self) -> bool {
+        match self {
+            Entry::One(r) => r.is_some(),
+            Entry::Gather { left, .. } => *left == 0,
+            Entry::Ready(_) | Entry::Close(_) => true,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Sequence number of `entries[0]`.
+    head: u64,
+    entries: VecDeque<Entry>,
+    /// The writer, waiting for the front entry to complete.
+    writer: Option<Waker>,
+    /// The reader, waiting for room or for the writer to go.
+    reader: Option<Waker>,
+    /// The reader will reserve nothing more.
+    finished: bool,
+    /// The writer has stopped: nothing more will be written.
+    gone: bool,
+}
+
+/// A session's queue of replies owed, bounded at `limit` entries.
+#[derive(Debug)]
+pub struct Replies {
+    inner: Mutex<Inner>,
+    limit: usize,
+}
+
+fn store(w: &mut Option<Waker>, cx: &Context<'_>) {
+    match w {
+        Some(old) if old.will_wake(cx.waker()) => {}
+        _ => *w = Some(cx.waker().clone()),
+    }
+}
+
+impl Replies {
+    pub fn new(limit: usize) -> Arc<Replies> {
+        Arc::new(Replies {
+            inner: Mutex::new(Inner::default()),
+            limit: limit.max(1),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves the queue consistent (each change is one step).
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Append an entry; its sequence number, or `None` once the writer has gone.
+    fn reserve(&self, e: Entry) -> Option<u64> {
+        let mut g = self.lock();
+        if g.gone {
+            return None;
+        }
+        let wake = g.entries.is_empty() && e.complete();
+        let seq = g.head + g.entries.len() as u64;
+        g.entries.push_back(e);
+        let w = if wake { g.writer.take() } else { None };
+        drop(g);
+        if let Some(w) = w {
+            w.wake();
+        }
+        Some(seq)
+    }
+
+    /// Queue a reply the proxy already has (`close`: then close the connection). False once the
+    /// writer has gone.
+    pub fn ready(&self, bytes: Bytes, close: bool) -> bool {
+        self.reserve(if close {
+            Entry::Close(bytes)
+        } else {
+            Entry::Ready(bytes)
+        })
+        .is_some()
+    }
+
+    /// Reserve the entry for one server's reply.
+    pub fn expect_one(self: &Arc<Self>) -> Option<ReplyTo> {
+        let seq = self.reserve(Entry::One(None))?;
+        Some(ReplyTo {
+            q: Some(self.clone()),
+            seq,
+            part: 0,
+        })
+    }
+
+    /// Reserve the entry for a split request's `n` replies, merged by `merge`.
+    pub fn expect_gather(self: &Arc<Self>, n: usize, merge: GatherMerge) -> Option<Vec<ReplyTo>> {
+        let seq = self.reserve(Entry::Gather {
+            left: n,
+            parts: (0..n).map(|_| None).collect(),
+            merge,
+        })?;
+        Some(
+            (0..n)
+                .map(|part| ReplyTo {
+                    q: Some(self.clone()),
+                    seq,
+                    part,
+                })
+                .collect(),
+        )
+    }
+
+    fn fill(&self, seq: u64, part: usize, reply: Reply) {
+        let mut g = self.lock();
+        if g.gone {
+            return;
+        }
+        let Some(i) = seq.checked_sub(g.head).map(|i| i as usize) else {
+            return;
+        };
+        let Some(e) = g.entries.get_mut(i) else {
+            return;
+        };
+        match e {
+            Entry::One(r) => *r = Some(reply),
+            Entry::Gather { left, parts, .. } => {
+                if let Some(p @ None) = parts.get_mut(part) {
+                    *p = Some(reply);
+                    *left -= 1;
+                }
+            }
+            Entry::Ready(_) | Entry::Close(_) => {}
+        }
+        let w = if i == 0 && e.complete() { g.writer.take() } else { None };
+        drop(g);
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
+
+    /// Wait until there is room for another entry: false once the writer has gone.
+    pub async fn room(&self) -> bool {
+        poll_fn(|cx| {
+            let mut g = self.lock();
+            if g.gone {
+                Poll::Ready(false)
+            } else if g.entries.len() < self.limit {
+                Poll::Ready(true)
+            } else {
+                store(&mut g.reader, cx);
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Resolves when the writer has gone.
+    pub async fn gone(&self) {
+        poll_fn(|cx| {
+            let mut g = self.lock();
+            if g.gone {
+                Poll::Ready(())
+            } else {
+                store(&mut g.reader, cx);
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// The reader is done: the writer ends once every entry is written.
+    pub fn finish(&self) {
+        let mut g = self.lock();
+        g.finished = true;
+        let w = g.writer.take();
+        drop(g);
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
+
+    /// Move the complete entries at the front into `out`, waiting for at least one. False when
+    /// the reader has finished and nothing is left.
+    pub async fn take(&self, out: &mut Vec<Entry>) -> bool {
+        poll_fn(|cx| {
+            let mut g = self.lock();
+            let was_full = g.entries.len() >= self.limit;
+            while g.entries.front().is_some_and(Entry::complete) {
+                out.extend(g.entries.pop_front());
+                g.head += 1;
+            }
+            if !out.is_empty() {
+                let w = if was_full { g.reader.take() } else { None };
+                drop(g);
+                if let Some(w) = w {
+                    w.wake();
+                }
+                return Poll::Ready(true);
+            }
+            if g.finished && g.entries.is_empty() {
+                return Poll::Ready(false);
+            }
+            store(&mut g.writer, cx);
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// The writer stops: drop what is owed and tell the reader.
+    pub fn close(&self) {
+        let mut g = self.lock();
+        g.gone = true;
+        let entries = std::mem::take(&mut g.entries);
+        let w = g.reader.take();
+        drop(g);
+        drop(entries);
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
+
+    /// Entries reserved and not yet taken by the writer.
+    pub fn owed(&self) -> usize {
+        self.lock().entries.len()
+    }
+}
+
+/// Where one server reply goes: an entry (and part) of a client's [`Replies`]. Dropped without
+/// a reply, it answers "connection lost".
+#[derive(Debug)]
+pub struct ReplyTo {
+    q: Option<Arc<Replies>>,
+    seq: u64,
+    part: usize,
+}
+
+impl ReplyTo {
+    /// Deliver the reply.
+    pub fn send(mut self, reply: Reply) {
+        if let Some(q) = self.q.take() {
+            q.fill(self.seq, self.part, reply);
+        }
+    }
+}
+
+impl Drop for ReplyTo {
+    fn drop(&mut self) {
+        if let Some(q) = self.q.take() {
+            q.fill(
+                self.seq,
+                self.part,
+                Err(UpstreamError::Lost {
+                    server: "the server".into(),
+                }),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of(e: &Entry) -> Vec<u8> {
+        match e {
+            Entry::Ready(b) | Entry::Close(b) => b.to_vec(),
+            Entry::One(Some(Ok(b))) => b.to_vec(),
+            Entry::One(Some(Err(e))) => e.to_string().into_bytes(),
+            other => panic!("not a single reply: {other:?}"),
+        }
+    }
+
+    fn take_now(q: &Replies) -> Vec<Entry> {
+        let mut out = Vec::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        {
+            let mut fut = std::pin::pin!(q.take(&mut out));
+            let _ = fut.as_mut().poll(&mut cx);
+        }
+        out
+    }
+
+    use std::future::Future;
+
+    #[test]
+    fn replies_filled_out_of_order_are_taken_in_order() {
+        let q = Replies::new(16);
+        let a = q.expect_one().unwrap();
+        let b = q.expect_one().unwrap();
+        assert!(q.ready(Bytes::from_static(b"c"), false));
+        b.send(Ok(Bytes::from_static(b"b")));
+        assert!(take_now(&q).is_empty(), "the front is not answered yet");
+        a.send(Ok(Bytes::from_static(b"a")));
+        let got: Vec<Vec<u8>> = take_now(&q).iter().map(bytes_of).collect();
+        assert_eq!(got, vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+        assert_eq!(q.owed(), 0);
+    }
+
+    #[test]
+    fn a_dropped_reply_to_answers_connection_lost() {
+        let q = Replies::new(16);
+        drop(q.expect_one().unwrap());
+        let got = take_now(&q);
+        assert_eq!(bytes_of(&got[0]), b"connection to the server lost");
+    }
+
+    #[test]
+    fn a_gather_completes_when_every_part_has_answered() {
+        let q = Replies::new(16);
+        let mut parts = q.expect_gather(3, GatherMerge::McAllOk).unwrap();
+        parts.pop().unwrap().send(Ok(Bytes::from_static(b"OK\r\n")));
+        parts.remove(0).send(Ok(Bytes::from_static(b"OK\r\n")));
+        assert!(take_now(&q).is_empty());
+        drop(parts);
+        match &take_now(&q)[..] {
+            [Entry::Gather { left: 0, parts, .. }] => {
+                assert!(parts[1].as_ref().unwrap().is_err(), "the dropped part reads as lost")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn room_runs_out_at_the_limit_and_nothing_is_reserved_once_the_writer_is_gone() {
+        let q = Replies::new(2);
+        let _a = q.expect_one().unwrap();
+        let _b = q.expect_one().unwrap();
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let fut = q.room();
+        let mut fut = std::pin::pin!(fut);
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        q.close();
+        assert_eq!(fut.as_mut().poll(&mut cx), Poll::Ready(false));
+        assert!(q.expect_one().is_none());
+        assert!(!q.ready(Bytes::new(), false));
+    }
+}
