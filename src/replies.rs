@@ -168,6 +168,12 @@ impl Replies {
         }
     }
 
+    /// Whether another entry can be reserved now.
+    pub fn has_room(&self) -> bool {
+        let g = self.lock();
+        !g.gone && g.entries.len() < self.limit
+    }
+
     /// Wait until there is room for another entry: false once the writer has gone.
     pub async fn room(&self) -> bool {
         poll_fn(|cx| {

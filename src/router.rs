@@ -10,7 +10,7 @@ use crate::protocol::memcache::{self, Command};
 use crate::protocol::redis::{self, CommandKind, Merge};
 use crate::replies::Replies;
 use crate::topology::Topology;
-use crate::upstream::{Framing, Job, UpstreamError};
+use crate::upstream::{Framing, Job, Outbox, UpstreamError};
 use bytes::{BufMut, Bytes, BytesMut};
 use smallvec::{smallvec, SmallVec};
 use std::sync::Arc;
@@ -74,9 +74,10 @@ fn group_by_server(topo: &Topology, keys: &[&[u8]]) -> Option<(Vec<Part>, Vec<u3
     Some((parts, part_of_key))
 }
 
-async fn send_one(
+fn send_one(
     topo: &Topology,
     q: &Arc<Replies>,
+    out: &mut Outbox,
     server: usize,
     parts: SmallVec<[Bytes; 2]>,
     framing: Framing,
@@ -88,14 +89,15 @@ async fn send_one(
             framing,
             done: Some(done),
         };
-        topo.servers[server].send(job).await;
+        out.push(server, job);
     }
     Slot::Queued
 }
 
-async fn send_gather(
+fn send_gather(
     topo: &Topology,
     q: &Arc<Replies>,
+    out: &mut Outbox,
     requests: Vec<(usize, Bytes)>,
     framing: Framing,
     merge: GatherMerge,
@@ -109,14 +111,20 @@ async fn send_gather(
                 framing,
                 done: Some(done),
             };
-            topo.servers[server].send(job).await;
+            out.push(server, job);
         }
     }
     Slot::Queued
 }
 
 /// Route one memcache request. `None`: nothing goes back to the client (noreply).
-pub async fn memcache(topo: &Topology, q: &Arc<Replies>, frame: Bytes, req: &memcache::Request) -> Option<Slot> {
+pub fn memcache(
+    topo: &Topology,
+    q: &Arc<Replies>,
+    out: &mut Outbox,
+    frame: Bytes,
+    req: &memcache::Request,
+) -> Option<Slot> {
     let framing = Framing::Memcache(req.reply_kind());
     if matches!(
         req.command,
@@ -128,7 +136,7 @@ pub async fn memcache(topo: &Topology, q: &Arc<Replies>, frame: Bytes, req: &mem
         Command::Get | Command::Gets | Command::Gat | Command::Gats if req.keys.len() == 1 => {
             // The common case: one key, no grouping, nothing allocated.
             match topo.server_for(&frame[req.keys[0].clone()]) {
-                Some(server) => Some(send_one(topo, q, server, smallvec![frame], framing).await),
+                Some(server) => Some(send_one(topo, q, out, server, smallvec![frame], framing)),
                 None => Some(Slot::Ready(error_reply(Protocol::Memcache, NO_SERVER))),
             }
         }
@@ -138,7 +146,7 @@ pub async fn memcache(topo: &Topology, q: &Arc<Replies>, frame: Bytes, req: &mem
                 return Some(Slot::Ready(error_reply(Protocol::Memcache, NO_SERVER)));
             };
             if parts.len() == 1 {
-                return Some(send_one(topo, q, parts[0].0, smallvec![frame], framing).await);
+                return Some(send_one(topo, q, out, parts[0].0, smallvec![frame], framing));
             }
             let name = &frame[..frame.iter().position(|&c| c == b' ').unwrap_or(0)];
             let requests = parts
@@ -159,7 +167,14 @@ pub async fn memcache(topo: &Topology, q: &Arc<Replies>, frame: Bytes, req: &mem
                 })
                 .collect();
             let keys = req.keys.iter().map(|r| frame.slice(r.clone())).collect();
-            Some(send_gather(topo, q, requests, framing, GatherMerge::McValues { keys, part_of_key }).await)
+            Some(send_gather(
+                topo,
+                q,
+                out,
+                requests,
+                framing,
+                GatherMerge::McValues { keys, part_of_key },
+            ))
         }
         Command::MetaNoop => {
             topo.stats.request(Class::Proxy);
@@ -175,18 +190,20 @@ pub async fn memcache(topo: &Topology, q: &Arc<Replies>, frame: Bytes, req: &mem
         Command::FlushAll => {
             if req.noreply {
                 topo.stats.request(Class::Multi);
-                for s in &topo.servers {
-                    s.send(Job {
-                        parts: smallvec![frame.clone()],
-                        framing: Framing::None,
-                        done: None,
-                    })
-                    .await;
+                for s in 0..topo.servers.len() {
+                    out.push(
+                        s,
+                        Job {
+                            parts: smallvec![frame.clone()],
+                            framing: Framing::None,
+                            done: None,
+                        },
+                    );
                 }
                 return None;
             }
             let requests = (0..topo.servers.len()).map(|s| (s, frame.clone())).collect();
-            Some(send_gather(topo, q, requests, framing, GatherMerge::McAllOk).await)
+            Some(send_gather(topo, q, out, requests, framing, GatherMerge::McAllOk))
         }
         _ => {
             let key = &frame[req.keys[0].clone()];
@@ -195,13 +212,14 @@ pub async fn memcache(topo: &Topology, q: &Arc<Replies>, frame: Bytes, req: &mem
             };
             if req.noreply {
                 topo.stats.request(Class::Single);
-                topo.servers[server]
-                    .send(Job {
+                out.push(
+                    server,
+                    Job {
                         parts: smallvec![frame],
                         framing: Framing::None,
                         done: None,
-                    })
-                    .await;
+                    },
+                );
                 return None;
             }
             let parts = if req.quiet {
@@ -209,7 +227,7 @@ pub async fn memcache(topo: &Topology, q: &Arc<Replies>, frame: Bytes, req: &mem
             } else {
                 smallvec![frame]
             };
-            Some(send_one(topo, q, server, parts, framing).await)
+            Some(send_one(topo, q, out, server, parts, framing))
         }
     }
 }
@@ -306,7 +324,14 @@ fn check_auth(topo: &Topology, frame: &Bytes, req: &redis::Request, authed: &mut
 
 /// Route one Redis request (which has at least one argument). `authed` is the session's AUTH
 /// state, for pools with `redis_auth`.
-pub async fn redis(topo: &Topology, q: &Arc<Replies>, frame: Bytes, req: &redis::Request, authed: &mut bool) -> Slot {
+pub fn redis(
+    topo: &Topology,
+    q: &Arc<Replies>,
+    out: &mut Outbox,
+    frame: Bytes,
+    req: &redis::Request,
+    authed: &mut bool,
+) -> Slot {
     if let Some(slot) = check_auth(topo, &frame, req, authed) {
         topo.stats.request(Class::Proxy);
         return slot;
@@ -348,7 +373,7 @@ pub async fn redis(topo: &Topology, q: &Arc<Replies>, frame: Bytes, req: &redis:
             let Some(server) = route_by(key_arg) else {
                 return redis_error(NO_SERVER.into());
             };
-            send_one(topo, q, server, smallvec![resp_frame(frame, req)], Framing::Redis).await
+            send_one(topo, q, out, server, smallvec![resp_frame(frame, req)], Framing::Redis)
         }
         CommandKind::Multi { merge, step } => {
             if argc < 2 || !(argc - 1).is_multiple_of(step) {
@@ -359,7 +384,14 @@ pub async fn redis(topo: &Topology, q: &Arc<Replies>, frame: Bytes, req: &redis:
                 return redis_error(NO_SERVER.into());
             };
             if parts.len() == 1 {
-                return send_one(topo, q, parts[0].0, smallvec![resp_frame(frame, req)], Framing::Redis).await;
+                return send_one(
+                    topo,
+                    q,
+                    out,
+                    parts[0].0,
+                    smallvec![resp_frame(frame, req)],
+                    Framing::Redis,
+                );
             }
             let requests = parts
                 .iter()
@@ -377,11 +409,11 @@ pub async fn redis(topo: &Topology, q: &Arc<Replies>, frame: Bytes, req: &redis:
             send_gather(
                 topo,
                 q,
+                out,
                 requests,
                 Framing::Redis,
                 GatherMerge::Redis { merge, part_of_key },
             )
-            .await
         }
         CommandKind::Ping => match argc {
             1 => Slot::Ready(Bytes::from_static(b"+PONG\r\n")),

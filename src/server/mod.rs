@@ -13,7 +13,7 @@ use crate::protocol::{memcache, redis, Need, Parse, MAX_VALUE_BYTES};
 use crate::replies::{Entry, Replies};
 use crate::router::{self, Slot};
 use crate::topology::SharedTopology;
-use crate::upstream::write_all_vectored;
+use crate::upstream::{write_all_vectored, Outbox};
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -228,6 +228,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
         return true;
     }
     let mut authed = false;
+    let mut outbox = Outbox::default();
     // Allocated on the first read: a client that never sends costs no buffer.
     let mut buf = BytesMut::new();
     // Parse again only once the buffer holds this many bytes.
@@ -235,15 +236,20 @@ async fn read_requests<R: AsyncRead + Unpin>(
     loop {
         if buf.len() >= need {
             let t = topo.load_full();
+            // Set when the session ends after what is routed so far has been queued.
+            let mut stop = false;
             loop {
-                if !q.room().await {
-                    return false;
+                if !q.has_room() {
+                    outbox.flush(&t.servers).await;
+                    if !q.room().await {
+                        return false;
+                    }
                 }
                 let slot = match protocol {
                     Protocol::Memcache => match memcache::parse_request(&buf) {
                         Ok(Parse::Complete(req)) => {
                             let frame = buf.split_to(req.len).freeze();
-                            router::memcache(&t, q, frame, &req).await
+                            router::memcache(&t, q, &mut outbox, frame, &req)
                         }
                         Ok(Parse::Incomplete(n)) => {
                             need = needed(n, buf.len());
@@ -269,7 +275,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
                             if req.args.is_empty() {
                                 None
                             } else {
-                                Some(router::redis(&t, q, frame, &req, &mut authed).await)
+                                Some(router::redis(&t, q, &mut outbox, frame, &req, &mut authed))
                             }
                         }
                         Ok(Parse::Incomplete(n)) => {
@@ -288,14 +294,21 @@ async fn read_requests<R: AsyncRead + Unpin>(
                     None | Some(Slot::Queued) => {}
                     Some(Slot::Ready(b)) => {
                         if !q.ready(b, false) {
-                            return false;
+                            stop = true;
+                            break;
                         }
                     }
                     Some(Slot::Close(b)) => {
                         q.ready(b, true);
-                        return false;
+                        stop = true;
+                        break;
                     }
                 }
+            }
+            // Everything routed from this read goes out together, a batch per server.
+            outbox.flush(&t.servers).await;
+            if stop {
+                return false;
             }
         }
         let limits = topo.load();

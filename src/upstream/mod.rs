@@ -1,11 +1,15 @@
 //! Pipelined connections to one backend server.
 //!
-//! Each connection is a pair of tasks. The writer takes jobs from a channel in batches, hands
+//! Each connection is a pair of tasks. The writer takes jobs from its queue in batches, hands
 //! each job's completion to the reader *before* writing its bytes (so the reader always knows
 //! what the next reply belongs to), and writes the whole batch with vectored writes. The reader
 //! frames replies with the protocol's scanner and completes jobs in order with `Bytes` slices
 //! of its buffer. Many clients share the connection; each reply goes straight into its
 //! client's reply queue ([`crate::replies`]), which puts it back in that client's order.
+//! Sessions queue the jobs of one read together ([`Outbox`]); the queues ([`queue`]) are a
+//! mutex around a `VecDeque`, taken whole, so a batch costs one lock and at most one wakeup.
+
+mod queue;
 
 use crate::config::{Addr, PoolConfig, Protocol, ServerConfig};
 use crate::metrics::ServerStats;
@@ -14,6 +18,7 @@ use crate::protocol::{memcache, redis};
 use crate::replies::ReplyTo;
 use crate::tls::{Connector, PoolTls};
 use bytes::{Buf, Bytes, BytesMut};
+use queue::Queue;
 use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -70,7 +75,7 @@ pub struct Server {
     target: Target,
     health: Arc<Health>,
     pub stats: Arc<ServerStats>,
-    conns: Vec<mpsc::Sender<Job>>,
+    conns: Vec<Arc<Queue<Job>>>,
     next: AtomicUsize,
 }
 
@@ -180,9 +185,14 @@ impl Server {
         };
         let conns = (0..shared)
             .map(|_| {
-                let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-                tokio::spawn(run_connection(target.clone(), health.clone(), rx, target.preconnect));
-                tx
+                let jobs = Arc::new(Queue::new(QUEUE_DEPTH));
+                tokio::spawn(run_connection(
+                    target.clone(),
+                    health.clone(),
+                    jobs.clone(),
+                    target.preconnect,
+                ));
+                jobs
             })
             .collect();
         Arc::new(Server {
@@ -282,16 +292,56 @@ impl Server {
         self.target == target(pool, server, tls)
     }
 
-    /// Queue a job on one of the server's connections (round robin). When the connection task
-    /// is gone the job is dropped, and its receiver reports the connection lost.
-    pub async fn send(&self, job: Job) {
+    /// Queue jobs on one of the server's connections (round robin), in order. When the
+    /// connection task is gone the jobs are dropped, and their clients are told the connection
+    /// was lost.
+    pub async fn send(&self, jobs: &mut Vec<Job>) {
         let i = if self.conns.len() <= 1 {
             0
         } else {
             self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len()
         };
         if let Some(conn) = self.conns.get(i) {
-            let _ = conn.send(job).await;
+            conn.push(jobs).await;
+        }
+        jobs.clear();
+    }
+}
+
+impl Drop for Server {
+    /// The server left every topology: its connections write what is queued, collect the
+    /// replies still owed, and end.
+    fn drop(&mut self) {
+        for c in &self.conns {
+            c.finish();
+        }
+    }
+}
+
+/// The jobs one client routed from one read, kept in order per server and queued together.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    per_server: SmallVec<[(usize, Vec<Job>); 4]>,
+}
+
+impl Outbox {
+    pub fn push(&mut self, server: usize, job: Job) {
+        match self.per_server.iter_mut().find(|(s, _)| *s == server) {
+            Some((_, jobs)) => jobs.push(job),
+            None => self.per_server.push((server, vec![job])),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.per_server.is_empty()
+    }
+
+    /// Queue everything on `servers` (the topology the jobs were routed with).
+    pub async fn flush(&mut self, servers: &[Arc<Server>]) {
+        for (server, mut jobs) in self.per_server.drain(..) {
+            if let Some(s) = servers.get(server) {
+                s.send(&mut jobs).await;
+            }
         }
     }
 }
@@ -425,14 +475,26 @@ fn fail_all(batch: &mut Vec<Job>, err: &UpstreamError) {
     }
 }
 
-async fn run_connection(t: Target, health: Arc<Health>, mut rx: mpsc::Receiver<Job>, preconnect: bool) {
+/// Closes a queue when its consumer ends, however it ends: later pushes fail and what is still
+/// queued is dropped (its clients are told the connection was lost).
+struct CloseOnDrop<T>(Arc<Queue<T>>);
+
+impl<T> Drop for CloseOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+async fn run_connection(t: Target, health: Arc<Health>, jobs: Arc<Queue<Job>>, preconnect: bool) {
+    let rx = CloseOnDrop(jobs);
+    let rx = &*rx.0;
     let mut batch: Vec<Job> = Vec::with_capacity(BATCH);
     let mut first = preconnect;
     let mut backoff = BACKOFF_MIN;
     // While backing off, requests fail at once with the last connect error.
     let mut down: Option<(Instant, UpstreamError)> = None;
     loop {
-        if !first && rx.recv_many(&mut batch, BATCH).await == 0 {
+        if !first && rx.take(&mut batch, BATCH).await == 0 {
             return;
         }
         first = false;
@@ -461,21 +523,28 @@ async fn run_connection(t: Target, health: Arc<Health>, mut rx: mpsc::Receiver<J
         tracing::debug!(server = %t.label, "connected");
         health.stats.server_connections.fetch_add(1, Ordering::Relaxed);
         let (rd, mut wr) = stream.into_split();
-        let (ptx, prx) = mpsc::unbounded_channel();
-        let mut reader = tokio::spawn(read_replies(rd, prx, t.label.clone(), health.clone()));
-        let ended = write_requests(&mut wr, &mut rx, &mut batch, &ptx, t.timeout, &health.stats).await;
+        let pending = Arc::new(Queue::new(usize::MAX));
+        let mut reader = tokio::spawn(read_replies(
+            rd,
+            pending.clone(),
+            t.label.clone(),
+            health.clone(),
+            t.timeout.is_some(),
+        ));
+        let ended = write_requests(&mut wr, rx, &mut batch, &pending, t.timeout, &health.stats).await;
         health.stats.server_connections.fetch_sub(1, Ordering::Relaxed);
         if ended {
             // The server left the topology: let the reader collect the replies still owed.
-            drop(ptx);
+            pending.finish();
             if tokio::time::timeout(DRAIN, &mut reader).await.is_err() {
                 reader.abort();
             }
             return;
         }
         // The reader ended (connection lost, bad reply, too many abandoned requests) or a write
-        // failed: whatever was in flight is answered "connection lost" when its sender drops.
+        // failed: whatever was in flight is answered "connection lost" as it is dropped.
         reader.abort();
+        pending.close();
         health.failure();
         health.stats.server_eof.fetch_add(1, Ordering::Relaxed);
         let lost = UpstreamError::Lost {
@@ -486,16 +555,18 @@ async fn run_connection(t: Target, health: Arc<Health>, mut rx: mpsc::Receiver<J
     }
 }
 
-/// Write batches until the channel closes (returns true) or the connection fails (false).
+/// Write batches until the server leaves the topology (returns true) or the connection fails
+/// (false).
 async fn write_requests<W: AsyncWrite + Unpin>(
     wr: &mut W,
-    rx: &mut mpsc::Receiver<Job>,
+    rx: &Queue<Job>,
     batch: &mut Vec<Job>,
-    ptx: &mpsc::UnboundedSender<Pending>,
+    ptx: &Queue<Pending>,
     timeout: Option<Duration>,
     stats: &ServerStats,
 ) -> bool {
     let mut out: VecDeque<Bytes> = VecDeque::new();
+    let mut handed: Vec<Pending> = Vec::with_capacity(BATCH);
     loop {
         let sent = Instant::now();
         let deadline = timeout.map(|t| sent + t);
@@ -509,15 +580,12 @@ async fn write_requests<W: AsyncWrite + Unpin>(
                 }
                 (framing, Some(done)) => {
                     awaited += 1;
-                    let p = Pending {
+                    handed.push(Pending {
                         framing,
                         done: Some(done),
                         deadline,
                         sent,
-                    };
-                    if ptx.send(p).is_err() {
-                        return false;
-                    }
+                    });
                 }
                 (_, None) => {}
             }
@@ -526,11 +594,12 @@ async fn write_requests<W: AsyncWrite + Unpin>(
         stats.requests.fetch_add(requests, Ordering::Relaxed);
         stats.request_bytes.fetch_add(bytes, Ordering::Relaxed);
         stats.in_flight.fetch_add(awaited, Ordering::Relaxed);
-        if write_all_vectored(wr, &mut out).await.is_err() {
+        // The reader learns of the requests before their replies can come.
+        if !ptx.push(&mut handed).await || write_all_vectored(wr, &mut out).await.is_err() {
             return false;
         }
         tokio::select! {
-            n = rx.recv_many(batch, BATCH) => if n == 0 { return true },
+            n = rx.take(batch, BATCH) => if n == 0 { return true },
             _ = ptx.closed() => return false,
         }
     }
@@ -538,17 +607,16 @@ async fn write_requests<W: AsyncWrite + Unpin>(
 
 async fn read_replies<R: AsyncRead + Unpin>(
     rd: R,
-    mut prx: mpsc::UnboundedReceiver<Pending>,
+    prx: Arc<Queue<Pending>>,
     label: String,
     health: Arc<Health>,
+    timeouts: bool,
 ) {
     let mut queue: VecDeque<Pending> = VecDeque::new();
-    read_loop(rd, &mut prx, &label, health.clone(), &mut queue).await;
+    read_loop(rd, &prx, &label, health.clone(), &mut queue, timeouts).await;
     // Whatever is still owed will not come: say which server was lost.
+    prx.take_now(&mut queue, usize::MAX);
     prx.close();
-    while let Ok(p) = prx.try_recv() {
-        queue.push_back(p);
-    }
     for p in queue {
         health.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         if let Some(done) = p.done {
@@ -557,12 +625,15 @@ async fn read_replies<R: AsyncRead + Unpin>(
     }
 }
 
+/// `timeouts`: requests have deadlines, so the reader must hear of each new one to arm its
+/// timer; otherwise it only needs to when it owes nothing (to notice the writer ending).
 async fn read_loop<R: AsyncRead + Unpin>(
     mut rd: R,
-    prx: &mut mpsc::UnboundedReceiver<Pending>,
+    prx: &Queue<Pending>,
     label: &str,
     health: Arc<Health>,
     queue: &mut VecDeque<Pending>,
+    timeouts: bool,
 ) {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     // The first `expired` entries of the queue timed out (deadlines only grow along the queue).
@@ -571,11 +642,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let mut mscan = memcache::ReplyScan::default();
     let mut rscan = redis::ReplyScan::default();
     loop {
-        while writer_open {
-            match prx.try_recv() {
-                Ok(p) => queue.push_back(p),
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => writer_open = false,
+        if writer_open {
+            prx.take_now(queue, usize::MAX);
+            if prx.is_finished() {
+                writer_open = false;
             }
         }
         // Frame every complete reply in the buffer.
@@ -625,11 +695,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
         if buf.capacity() - buf.len() < 8 * 1024 {
             buf.reserve(64 * 1024);
         }
+        let listen = writer_open && (queue.is_empty() || (timeouts && deadline.is_none()));
         tokio::select! {
-            p = prx.recv(), if writer_open => match p {
-                Some(p) => queue.push_back(p),
-                None => writer_open = false,
-            },
+            n = prx.take(queue, usize::MAX), if listen => if n == 0 { writer_open = false },
             r = rd.read_buf(&mut buf) => match r {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
