@@ -6,7 +6,7 @@
 //! frames replies with the protocol's scanner and completes jobs in order with `Bytes` slices
 //! of its buffer. Many clients share the connection; each reply goes straight into its
 //! client's reply queue ([`crate::replies`]), which puts it back in that client's order.
-//! Sessions queue the jobs of one read together ([`Outbox`]); the queues ([`queue`]) are a
+//! Sessions queue the jobs of one read together ([`Outbox`]); the queues (`queue.rs`) are a
 //! mutex around a `VecDeque`, taken whole, so a batch costs one lock and at most one wakeup.
 
 mod queue;
