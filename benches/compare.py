@@ -138,6 +138,28 @@ def main():
             finally:
                 for s in socks:
                     s.close()
+        # A client that sends 6 000 GETs of a 16 KB value (~100 MB of replies) and reads none:
+        # how much the proxy's RSS grows while it holds them.
+        slow = {}
+        for tname in ("legate", "nutcracker"):
+            rp = ports[tname][0]
+            c = socket.create_connection(("127.0.0.1", rp))
+            c.sendall(b"*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$16384\r\n" + b"x" * 16384 + b"\r\n")
+            c.recv(100)
+            before = rss_kib(pids[tname])
+            s = socket.create_connection(("127.0.0.1", rp))
+            s.setblocking(False)
+            burst = b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n" * 6000
+            deadline = time.time() + 3
+            while burst and time.time() < deadline:
+                try:
+                    burst = burst[s.send(burst):]
+                except BlockingIOError:
+                    time.sleep(0.01)
+            time.sleep(1)
+            slow[tname] = (rss_kib(pids[tname]) - before) / 1024
+            s.close()
+            c.close()
         med = lambda rs, k: statistics.median([r[k] for r in rs if r.get(k) is not None]) if rs else float("nan")
         rows = []
         print()
@@ -172,9 +194,11 @@ def main():
             print()
             for t, v in idle.items():
                 print(f"idle connections: {t} {v:.0f} bytes RSS per connection")
+        for t, v in slow.items():
+            print(f"client not reading 6000 x 16 KB replies: {t} RSS grew {v:.1f} MB")
         if a.json:
             with open(a.json, "w") as f:
-                json.dump({"results": results, "ratios": rows, "idle_bytes_per_conn": idle}, f, indent=1)
+                json.dump({"results": results, "ratios": rows, "idle_bytes_per_conn": idle, "slow_reader_rss_growth_mb": slow}, f, indent=1)
     finally:
         for p in procs:
             p.kill()

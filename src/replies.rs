@@ -33,6 +33,19 @@ pub enum Entry {
 }
 
 impl Entry {
+    /// Reply bytes it holds.
+    fn held(&self) -> usize {
+        let len = |r: &Option<Reply>| match r {
+            Some(Ok(b)) => b.len(),
+            _ => 0,
+        };
+        match self {
+            Entry::Ready(b) | Entry::Close(b) => b.len(),
+            Entry::One(r) => len(r),
+            Entry::Gather { parts, .. } => parts.iter().map(len).sum(),
+        }
+    }
+
     fn complete(&self) -> bool {
         match self {
             Entry::One(r) => r.is_some(),
@@ -47,6 +60,8 @@ struct Inner {
     /// Sequence number of `entries[0]`.
     head: u64,
     entries: VecDeque<Entry>,
+    /// Reply bytes held by `entries`.
+    held: usize,
     /// The writer, waiting for the front entry to complete.
     writer: Option<Waker>,
     /// The reader, waiting for room or for the writer to go.
@@ -57,11 +72,13 @@ struct Inner {
     gone: bool,
 }
 
-/// A session's queue of replies owed, bounded at `limit` entries.
+/// A session's queue of replies owed. No more entries are reserved while it has `limit` of
+/// them or holds `max_bytes` of replies the client has not taken (it is not reading).
 #[derive(Debug)]
 pub struct Replies {
     inner: Mutex<Inner>,
     limit: usize,
+    max_bytes: usize,
 }
 
 fn store(w: &mut Option<Waker>, cx: &Context<'_>) {
@@ -72,11 +89,16 @@ fn store(w: &mut Option<Waker>, cx: &Context<'_>) {
 }
 
 impl Replies {
-    pub fn new(limit: usize) -> Arc<Replies> {
+    pub fn new(limit: usize, max_bytes: usize) -> Arc<Replies> {
         Arc::new(Replies {
             inner: Mutex::new(Inner::default()),
             limit: limit.max(1),
+            max_bytes,
         })
+    }
+
+    fn full(&self, g: &Inner) -> bool {
+        g.entries.len() >= self.limit || g.held >= self.max_bytes
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -91,6 +113,7 @@ impl Replies {
             return None;
         }
         let wake = g.entries.is_empty() && e.complete();
+        g.held += e.held();
         let seq = g.head + g.entries.len() as u64;
         g.entries.push_back(e);
         let w = if wake { g.writer.take() } else { None };
@@ -151,16 +174,24 @@ impl Replies {
         let Some(e) = g.entries.get_mut(i) else {
             return;
         };
-        match e {
-            Entry::One(r) => *r = Some(reply),
-            Entry::Gather { left, parts, .. } => {
-                if let Some(p @ None) = parts.get_mut(part) {
-                    *p = Some(reply);
+        let len = reply.as_ref().map_or(0, Bytes::len);
+        let slot = match e {
+            Entry::One(r @ None) => Some(r),
+            Entry::Gather { left, parts, .. } => match parts.get_mut(part) {
+                Some(p @ None) => {
                     *left -= 1;
+                    Some(p)
                 }
-            }
-            Entry::Ready(_) | Entry::Close(_) => {}
-        }
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some(slot) = slot else {
+            return;
+        };
+        *slot = Some(reply);
+        g.held += len;
+        let e = &g.entries[i];
         let w = if i == 0 && e.complete() { g.writer.take() } else { None };
         drop(g);
         if let Some(w) = w {
@@ -171,7 +202,7 @@ impl Replies {
     /// Whether another entry can be reserved now.
     pub fn has_room(&self) -> bool {
         let g = self.lock();
-        !g.gone && g.entries.len() < self.limit
+        !g.gone && !self.full(&g)
     }
 
     /// Wait until there is room for another entry: false once the writer has gone.
@@ -180,7 +211,7 @@ impl Replies {
             let mut g = self.lock();
             if g.gone {
                 Poll::Ready(false)
-            } else if g.entries.len() < self.limit {
+            } else if !self.full(&g) {
                 Poll::Ready(true)
             } else {
                 store(&mut g.reader, cx);
@@ -220,9 +251,12 @@ impl Replies {
     pub async fn take(&self, out: &mut Vec<Entry>) -> bool {
         poll_fn(|cx| {
             let mut g = self.lock();
-            let was_full = g.entries.len() >= self.limit;
+            let was_full = self.full(&g);
             while g.entries.front().is_some_and(Entry::complete) {
-                out.extend(g.entries.pop_front());
+                if let Some(e) = g.entries.pop_front() {
+                    g.held -= e.held();
+                    out.push(e);
+                }
                 g.head += 1;
             }
             if !out.is_empty() {
@@ -320,7 +354,7 @@ mod tests {
 
     #[test]
     fn replies_filled_out_of_order_are_taken_in_order() {
-        let q = Replies::new(16);
+        let q = Replies::new(16, 1 << 20);
         let a = q.expect_one().unwrap();
         let b = q.expect_one().unwrap();
         assert!(q.ready(Bytes::from_static(b"c"), false));
@@ -334,7 +368,7 @@ mod tests {
 
     #[test]
     fn a_dropped_reply_to_answers_connection_lost() {
-        let q = Replies::new(16);
+        let q = Replies::new(16, 1 << 20);
         drop(q.expect_one().unwrap());
         let got = take_now(&q);
         assert_eq!(bytes_of(&got[0]), b"connection to the server lost");
@@ -342,7 +376,7 @@ mod tests {
 
     #[test]
     fn a_gather_completes_when_every_part_has_answered() {
-        let q = Replies::new(16);
+        let q = Replies::new(16, 1 << 20);
         let mut parts = q.expect_gather(3, GatherMerge::McAllOk).unwrap();
         parts.pop().unwrap().send(Ok(Bytes::from_static(b"OK\r\n")));
         parts.remove(0).send(Ok(Bytes::from_static(b"OK\r\n")));
@@ -357,8 +391,19 @@ mod tests {
     }
 
     #[test]
+    fn room_runs_out_while_unwritten_replies_hold_max_bytes() {
+        let q = Replies::new(100, 10);
+        let a = q.expect_one().unwrap();
+        assert!(q.has_room());
+        a.send(Ok(Bytes::from_static(b"0123456789")));
+        assert!(!q.has_room(), "10 bytes held");
+        assert_eq!(take_now(&q).len(), 1);
+        assert!(q.has_room(), "taken by the writer");
+    }
+
+    #[test]
     fn room_runs_out_at_the_limit_and_nothing_is_reserved_once_the_writer_is_gone() {
-        let q = Replies::new(2);
+        let q = Replies::new(2, 1 << 20);
         let _a = q.expect_one().unwrap();
         let _b = q.expect_one().unwrap();
         let waker = Waker::noop();

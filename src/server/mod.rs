@@ -24,6 +24,9 @@ use tokio::sync::{mpsc, watch};
 
 /// Replies a session may owe before it stops reading requests.
 const SLOTS_IN_FLIGHT: usize = 1024;
+/// Reply bytes a session holds for a client that is not reading them before it stops reading
+/// requests (replies already on their way still arrive).
+const REPLY_BYTES_HELD: usize = 4 * 1024 * 1024;
 /// Reply bytes gathered before a write is forced.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
@@ -196,7 +199,7 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let q = Replies::new(SLOTS_IN_FLIGHT);
+    let q = Replies::new(SLOTS_IN_FLIGHT, REPLY_BYTES_HELD);
     let stats = pool.topo.load().stats.clone();
     let writer = tokio::spawn(write_replies(wr, q.clone(), pool.protocol, stats));
     let mut drain = pool.drain.clone();
