@@ -168,7 +168,8 @@ pub async fn accept_loop(listener: Listener, pool: PoolHandle) -> Listener {
             // failing client never holds up the accept loop or anyone else.
             let stream = match acceptor {
                 None => Some(Stream::Plain(plain)),
-                Some(a) => match a.accept(plain).await {
+                // Boxed, like the L4 session below: the rare paths do not size every client's task.
+                Some(a) => match Box::pin(a.accept(plain)).await {
                     Ok(s) => Some(s),
                     Err(reason) => {
                         tracing::info!(client = ?peer, %reason, "client TLS handshake failed");
@@ -178,7 +179,7 @@ pub async fn accept_loop(listener: Listener, pool: PoolHandle) -> Listener {
                 },
             };
             match stream {
-                Some(s) if pool.protocol == Protocol::Tcp => crate::l4::session(s, peer, pool).await,
+                Some(s) if pool.protocol == Protocol::Tcp => Box::pin(crate::l4::session(s, peer, pool)).await,
                 Some(s) => {
                     let (r, w) = s.into_split();
                     session(r, w, pool).await;

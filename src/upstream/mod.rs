@@ -734,15 +734,18 @@ pub async fn write_all_vectored<W: AsyncWrite + Unpin>(w: &mut W, out: &mut VecD
         out.pop_front();
     }
     while !out.is_empty() {
-        let n = {
+        // The slices are built inside each poll, so they are not kept in the future's state
+        // (which every session's writer carries while it waits on a slow client).
+        let n = std::future::poll_fn(|cx| {
             let slices: SmallVec<[IoSlice<'_>; 64]> = out
                 .iter()
                 .take(64)
                 .filter(|b| !b.is_empty())
                 .map(|b| IoSlice::new(b))
                 .collect();
-            w.write_vectored(&slices).await?
-        };
+            std::pin::Pin::new(&mut *w).poll_write_vectored(cx, &slices)
+        })
+        .await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
