@@ -34,6 +34,7 @@ try:
     work = [("redis P1", "redis", ["-c", "50", "-P", "1", "-n", "100000"]),
             ("memcache P1 10:1", "memcache", ["-c", "50", "-P", "1", "--ratio", "10:1", "-n", "100000"]),
             ("redis P32", "redis", ["-c", "50", "-P", "32", "-n", "1000000"]),
+            ("memcache P32 10:1", "memcache", ["-c", "50", "-P", "32", "--ratio", "10:1", "-n", "1000000"]),
             ("redis MGET10", "redis", ["-c", "50", "-P", "1", "--mget", "10", "--ratio", "1:0", "-n", "50000"])]
     res = {}
     for rnd in range(rounds):

@@ -41,10 +41,16 @@ def need(binary, package):
         sys.exit(f"{binary} is not installed: apt-get install -y {package}")
 
 
-def cpu_seconds(pid):
+def cpu_split(pid):
+    """(user, system) CPU seconds of a process so far."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tck = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tck, int(fields[12]) / tck
+
+
+def cpu_seconds(pid):
+    return sum(cpu_split(pid))
 
 
 def rss_kib(pid, key="VmRSS"):
@@ -111,14 +117,20 @@ def main():
                 for tname, (rp, mp) in targets.items():
                     port = rp if proto == "redis" else mp
                     pid = pids.get(tname)
-                    c0 = cpu_seconds(pid) if pid else 0
+                    u0, s0 = cpu_split(pid) if pid else (0, 0)
                     out = subprocess.run(pin(1) + [BENCH, "--protocol", proto, "--addr", f"127.0.0.1:{port}", "--json", "--keys", "10000"] + extra,
                                          capture_output=True, text=True)
                     if out.returncode != 0 or not out.stdout.strip():
                         print(f"{wname} via {tname}: FAILED {out.stderr.strip()[:200]}", file=sys.stderr)
                         continue
                     r = json.loads(out.stdout)
-                    r["cpu_us_per_req"] = (cpu_seconds(pid) - c0) * 1e6 / max(r["requests"], 1) if pid else None
+                    if pid:
+                        u1, s1 = cpu_split(pid)
+                        per = 1e6 / max(r["requests"], 1)
+                        r["user_us_per_req"], r["sys_us_per_req"] = (u1 - u0) * per, (s1 - s0) * per
+                        r["cpu_us_per_req"] = r["user_us_per_req"] + r["sys_us_per_req"]
+                    else:
+                        r["cpu_us_per_req"] = None
                     r["rss_kib"] = rss_kib(pid) if pid else None
                     results.setdefault(wname, {}).setdefault(tname, []).append(r)
                     print(f"round {rnd + 1} {wname:28} {tname:10} {r['ops_per_sec']:>10.0f} ops/s p99 {r['p99_ms']:.2f} ms errors {r['errors']}", file=sys.stderr)
@@ -190,6 +202,18 @@ def main():
         for r in rows:
             print(f"| {r['workload']} | {r['ops_legate_over_direct']:.2f} | {r['ops_legate_over_nutcracker']:.2f} | "
                   f"{r['p99_legate_over_nutcracker']:.2f} | {r['cpu_legate_over_nutcracker']:.2f} |")
+        # Where the proxy's CPU goes: user space vs kernel (system calls and the TCP stack). The
+        # kernel time legate spends per request, over nutcracker's whole CPU time per request, is
+        # the lowest CPU ratio legate could reach with no user-space work at all.
+        print()
+        print("| workload | legate user µs/req | legate sys µs/req | nutcracker user µs/req | nutcracker sys µs/req | legate sys / nutcracker total |")
+        print("|---|---|---|---|---|---|")
+        for wname, by in results.items():
+            l, nut = by.get("legate", []), by.get("nutcracker", [])
+            if l and nut:
+                lu, ls = med(l, "user_us_per_req"), med(l, "sys_us_per_req")
+                nu, ns = med(nut, "user_us_per_req"), med(nut, "sys_us_per_req")
+                print(f"| {wname} | {lu:.2f} | {ls:.2f} | {nu:.2f} | {ns:.2f} | {ls / (nu + ns):.2f} |")
         if idle:
             print()
             for t, v in idle.items():

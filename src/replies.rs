@@ -12,6 +12,7 @@ use crate::upstream::{Reply, UpstreamError};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::future::poll_fn;
+use std::ops::DerefMut;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -251,20 +252,7 @@ impl Replies {
     pub async fn take(&self, out: &mut Vec<Entry>) -> bool {
         poll_fn(|cx| {
             let mut g = self.lock();
-            let was_full = self.full(&g);
-            while g.entries.front().is_some_and(Entry::complete) {
-                if let Some(e) = g.entries.pop_front() {
-                    g.held -= e.held();
-                    out.push(e);
-                }
-                g.head += 1;
-            }
-            if !out.is_empty() {
-                let w = if was_full { g.reader.take() } else { None };
-                drop(g);
-                if let Some(w) = w {
-                    w.wake();
-                }
+            if self.take_locked(g.deref_mut(), out) > 0 {
                 return Poll::Ready(true);
             }
             if g.finished && g.entries.is_empty() {
@@ -274,6 +262,34 @@ impl Replies {
             Poll::Pending
         })
         .await
+    }
+
+    /// Move the complete entries at the front into `out` without waiting; how many, and how
+    /// many are still owed after them.
+    pub fn take_now(&self, out: &mut Vec<Entry>) -> (usize, usize) {
+        let mut g = self.lock();
+        let n = self.take_locked(g.deref_mut(), out);
+        (n, g.entries.len())
+    }
+
+    fn take_locked(&self, g: &mut Inner, out: &mut Vec<Entry>) -> usize {
+        let was_full = self.full(g);
+        let mut n = 0;
+        while g.entries.front().is_some_and(Entry::complete) {
+            if let Some(e) = g.entries.pop_front() {
+                g.held -= e.held();
+                out.push(e);
+            }
+            g.head += 1;
+            n += 1;
+        }
+        if n > 0 && was_full {
+            if let Some(w) = g.reader.take() {
+                // Woken under the lock: the reader's poll takes the lock after this returns.
+                w.wake();
+            }
+        }
+        n
     }
 
     /// The writer stops: drop what is owed and tell the reader.

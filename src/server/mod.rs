@@ -367,6 +367,12 @@ async fn write_replies<W: AsyncWrite + Unpin>(
     let result: std::io::Result<()> = async {
         let mut pending_bytes = 0;
         'session: while q.take(&mut ready).await {
+            if q.owed() > 0 {
+                // A pipelining client: more of its replies are on their way. Let the tasks
+                // delivering them run first, so they go out in one write rather than several.
+                tokio::task::yield_now().await;
+                q.take_now(&mut ready);
+            }
             for entry in ready.drain(..) {
                 let reply = match entry {
                     Entry::Ready(b) => b,
