@@ -8,13 +8,14 @@
 //! room or the writer has gone.
 
 use crate::router::GatherMerge;
+use crate::upstream::queue::store;
 use crate::upstream::{Reply, UpstreamError};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::ops::DerefMut;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::task::{Poll, Waker};
 
 /// What one request is answered with.
 #[derive(Debug)]
@@ -80,13 +81,6 @@ pub struct Replies {
     inner: Mutex<Inner>,
     limit: usize,
     max_bytes: usize,
-}
-
-fn store(w: &mut Option<Waker>, cx: &Context<'_>) {
-    match w {
-        Some(old) if old.will_wake(cx.waker()) => {}
-        _ => *w = Some(cx.waker().clone()),
-    }
 }
 
 impl Replies {
@@ -252,7 +246,12 @@ impl Replies {
     pub async fn take(&self, out: &mut Vec<Entry>) -> bool {
         poll_fn(|cx| {
             let mut g = self.lock();
-            if self.take_locked(g.deref_mut(), out) > 0 {
+            let (n, reader) = self.take_locked(g.deref_mut(), out);
+            if n > 0 {
+                drop(g);
+                if let Some(w) = reader {
+                    w.wake();
+                }
                 return Poll::Ready(true);
             }
             if g.finished && g.entries.is_empty() {
@@ -264,15 +263,19 @@ impl Replies {
         .await
     }
 
-    /// Move the complete entries at the front into `out` without waiting; how many, and how
-    /// many are still owed after them.
-    pub fn take_now(&self, out: &mut Vec<Entry>) -> (usize, usize) {
+    /// Move the complete entries at the front into `out` without waiting.
+    pub fn take_now(&self, out: &mut Vec<Entry>) {
         let mut g = self.lock();
-        let n = self.take_locked(g.deref_mut(), out);
-        (n, g.entries.len())
+        let (_, reader) = self.take_locked(g.deref_mut(), out);
+        drop(g);
+        if let Some(w) = reader {
+            w.wake();
+        }
     }
 
-    fn take_locked(&self, g: &mut Inner, out: &mut Vec<Entry>) -> usize {
+    /// Take the complete entries at the front: how many, and the reader to wake if that made
+    /// room it was waiting for.
+    fn take_locked(&self, g: &mut Inner, out: &mut Vec<Entry>) -> (usize, Option<Waker>) {
         let was_full = self.full(g);
         let mut n = 0;
         while g.entries.front().is_some_and(Entry::complete) {
@@ -283,13 +286,8 @@ impl Replies {
             g.head += 1;
             n += 1;
         }
-        if n > 0 && was_full {
-            if let Some(w) = g.reader.take() {
-                // Woken under the lock: the reader's poll takes the lock after this returns.
-                w.wake();
-            }
-        }
-        n
+        let reader = if n > 0 && was_full { g.reader.take() } else { None };
+        (n, reader)
     }
 
     /// The writer stops: drop what is owed and tell the reader.
@@ -346,6 +344,7 @@ impl Drop for ReplyTo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::task::Context;
 
     fn bytes_of(e: &Entry) -> Vec<u8> {
         match e {

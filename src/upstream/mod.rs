@@ -9,7 +9,7 @@
 //! Sessions queue the jobs of one read together ([`Outbox`]); the queues (`queue.rs`) are a
 //! mutex around a `VecDeque`, taken whole, so a batch costs one lock and at most one wakeup.
 
-mod queue;
+pub(crate) mod queue;
 
 use crate::config::{Addr, PoolConfig, Protocol, ServerConfig};
 use crate::metrics::ServerStats;

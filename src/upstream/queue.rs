@@ -28,7 +28,8 @@ pub struct Queue<T> {
     limit: usize,
 }
 
-fn store(w: &mut Option<Waker>, cx: &Context<'_>) {
+/// Keep the waker of the task polling `cx` in `w` (cloned only when it is another task's).
+pub(crate) fn store(w: &mut Option<Waker>, cx: &Context<'_>) {
     match w {
         Some(old) if old.will_wake(cx.waker()) => {}
         _ => *w = Some(cx.waker().clone()),
