@@ -245,7 +245,9 @@ impl Pools {
             next.insert(p.listen.clone(), running);
         }
         for (_, old) in self.pools.drain() {
-            let stopping = old.stop();
+            // Closed before the reload is reported applied: a removed address refuses at once.
+            let mut stopping = old.stop();
+            drop(stopping.listener().await);
             self.draining.push(tokio::spawn(stopping.finished()));
         }
         self.pools = next;

@@ -295,7 +295,7 @@ impl Server {
     /// Queue jobs on one of the server's connections (round robin), in order. When the
     /// connection task is gone the jobs are dropped, and their clients are told the connection
     /// was lost.
-    pub async fn send(&self, jobs: &mut Vec<Job>) {
+    async fn send(&self, jobs: &mut Vec<Job>) {
         let i = if self.conns.len() <= 1 {
             0
         } else {
