@@ -5,6 +5,11 @@ Reports medians per target and the ratios legate/direct and legate/nutcracker fo
 p99 latency, the proxy's CPU time per request (utime+stime from /proc, so the client's and
 backends' CPU are not counted) and its RSS. Backends are pinned to CPU 0, the proxy and the
 client to CPU 1 (when the machine has two or more), so the proxies compete on equal terms.
+
+One more target, "alone": a redis-server and a memcached pinned to the proxy's CPU and reached
+directly. Its CPU time per request is what a server spends on the client-facing half of a
+proxy's work alone (read the request, write the reply) on that core with that client: a floor
+to read the proxies' figures against.
 """
 import argparse, json, os, shutil, socket, statistics, subprocess, sys, tempfile, time
 
@@ -84,7 +89,13 @@ def main():
             procs.append(subprocess.Popen(pin(0) + ["redis-server", "--port", str(p), "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL))
         for p in mc:
             procs.append(subprocess.Popen(pin(0) + ["memcached", "-u", "nobody", "-l", "127.0.0.1", "-p", str(p), "-t", "1", "-c", "20000"], stdout=subprocess.DEVNULL))
-        for p in redis + mc:
+        alone = {"redis": free_port(), "memcache": free_port()}
+        alone_procs = {
+            "redis": subprocess.Popen(pin(1) + ["redis-server", "--port", str(alone["redis"]), "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL),
+            "memcache": subprocess.Popen(pin(1) + ["memcached", "-u", "nobody", "-l", "127.0.0.1", "-p", str(alone["memcache"]), "-t", "1", "-c", "20000"], stdout=subprocess.DEVNULL),
+        }
+        procs += alone_procs.values()
+        for p in redis + mc + list(alone.values()):
             wait_port(p)
         ports = {"legate": (free_port(), free_port()), "nutcracker": (free_port(), free_port())}
         pids = {}
@@ -100,7 +111,8 @@ def main():
             procs.append(proc)
             pids[name] = proc.pid
             wait_port(rp)
-        targets = {"direct": (redis[0], mc[0]), "nutcracker": ports["nutcracker"], "legate": ports["legate"]}
+        targets = {"direct": (redis[0], mc[0]), "alone": (alone["redis"], alone["memcache"]),
+                   "nutcracker": ports["nutcracker"], "legate": ports["legate"]}
         n = lambda x: str(int(x * scale))
         workloads = [
             ("redis get/set P1 32B", "redis", ["-c", "50", "-P", "1", "-n", n(100000)]),
@@ -116,7 +128,7 @@ def main():
             for wname, proto, extra in workloads:
                 for tname, (rp, mp) in targets.items():
                     port = rp if proto == "redis" else mp
-                    pid = pids.get(tname)
+                    pid = alone_procs[proto].pid if tname == "alone" else pids.get(tname)
                     u0, s0 = cpu_split(pid) if pid else (0, 0)
                     out = subprocess.run(pin(1) + [BENCH, "--protocol", proto, "--addr", f"127.0.0.1:{port}", "--json", "--keys", "10000"] + extra,
                                          capture_output=True, text=True)
@@ -178,12 +190,12 @@ def main():
         print("| workload | target | ops/s | p99 ms | proxy CPU µs/req | proxy RSS MB | errors |")
         print("|---|---|---|---|---|---|---|")
         for wname, by in results.items():
-            for tname in ("direct", "nutcracker", "legate"):
+            for tname in ("direct", "alone", "nutcracker", "legate"):
                 rs = by.get(tname, [])
                 if not rs:
                     continue
                 cpu = med(rs, "cpu_us_per_req") if tname != "direct" else None
-                rss = med(rs, "rss_kib") / 1024 if tname != "direct" else None
+                rss = med(rs, "rss_kib") / 1024 if tname not in ("direct", "alone") else None
                 print(f"| {wname} | {tname} | {med(rs, 'ops_per_sec'):.0f} | {med(rs, 'p99_ms'):.2f} | "
                       f"{'' if cpu is None else f'{cpu:.2f}'} | {'' if rss is None else f'{rss:.1f}'} | {sum(r['errors'] for r in rs)} |")
             l, d, nut = by.get("legate", []), by.get("direct", []), by.get("nutcracker", [])
@@ -204,16 +216,19 @@ def main():
                   f"{r['p99_legate_over_nutcracker']:.2f} | {r['cpu_legate_over_nutcracker']:.2f} |")
         # Where the proxy's CPU goes: user space vs kernel (system calls and the TCP stack). The
         # kernel time legate spends per request, over nutcracker's whole CPU time per request, is
-        # the lowest CPU ratio legate could reach with no user-space work at all.
+        # the lowest CPU ratio legate could reach with no user-space work at all. The server
+        # alone on the proxy's core, over nutcracker, is what the client-facing half of the work
+        # costs by itself.
         print()
-        print("| workload | legate user µs/req | legate sys µs/req | nutcracker user µs/req | nutcracker sys µs/req | legate sys / nutcracker total |")
-        print("|---|---|---|---|---|---|")
+        print("| workload | legate user µs/req | legate sys µs/req | nutcracker user µs/req | nutcracker sys µs/req | server alone µs/req | legate sys / nutcracker total | server alone / nutcracker total |")
+        print("|---|---|---|---|---|---|---|---|")
         for wname, by in results.items():
-            l, nut = by.get("legate", []), by.get("nutcracker", [])
+            l, nut, al = by.get("legate", []), by.get("nutcracker", []), by.get("alone", [])
             if l and nut:
                 lu, ls = med(l, "user_us_per_req"), med(l, "sys_us_per_req")
                 nu, ns = med(nut, "user_us_per_req"), med(nut, "sys_us_per_req")
-                print(f"| {wname} | {lu:.2f} | {ls:.2f} | {nu:.2f} | {ns:.2f} | {ls / (nu + ns):.2f} |")
+                a_cpu = med(al, "cpu_us_per_req") if al else float("nan")
+                print(f"| {wname} | {lu:.2f} | {ls:.2f} | {nu:.2f} | {ns:.2f} | {a_cpu:.2f} | {ls / (nu + ns):.2f} | {a_cpu / (nu + ns):.2f} |")
         if idle:
             print()
             for t, v in idle.items():
