@@ -323,7 +323,10 @@ fn sighup_reloads_and_unchanged_servers_keep_their_connections() {
     };
     let after = clients_of(&redis[0]);
     let ids_after: Vec<&str> = after.lines().map(|l| l.split(' ').next().unwrap()).collect();
-    assert!(!legate_conn(&ids_before).is_empty(), "no legate connection in:\n{ids_before}");
+    assert!(
+        !legate_conn(&ids_before).is_empty(),
+        "no legate connection in:\n{ids_before}"
+    );
     for id in legate_conn(&ids_before) {
         assert!(
             ids_after.contains(&id.as_str()),
