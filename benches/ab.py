@@ -9,7 +9,7 @@ and of each proxy's CPU time per request, and their after/before ratios.
 import json, os, subprocess, sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import BENCH, cpu_seconds, free_port, pin, rss_kib, wait_port  # noqa: E402
+from compare import BENCH, cpu_seconds, free_port, memcached, pin, pool_yaml, redis_server, rss_kib, wait_port  # noqa: E402
 
 if len(sys.argv) < 3:
     sys.exit(__doc__)
@@ -18,17 +18,14 @@ rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 3
 procs = []
 try:
     redis = [free_port() for _ in range(3)]; mc = [free_port() for _ in range(3)]
-    for p in redis:
-        procs.append(subprocess.Popen(pin(0) + ["redis-server", "--port", str(p), "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL))
-    for p in mc:
-        procs.append(subprocess.Popen(pin(0) + ["memcached", "-u", "nobody", "-l", "127.0.0.1", "-p", str(p), "-t", "1"], stdout=subprocess.DEVNULL))
+    procs += [redis_server(0, p) for p in redis] + [memcached(0, p) for p in mc]
     for p in redis + mc: wait_port(p)
     ports, pids = {}, {}
     for name, b in bins.items():
         rp, mp = free_port(), free_port()
         conf = f"/tmp/legate-ab-{name}.yml"
-        y = lambda n, port, r, ss: f"{n}:\n  listen: 127.0.0.1:{port}\n  redis: {r}\n  servers:\n" + "".join(f"    - 127.0.0.1:{s}:1\n" for s in ss)
-        open(conf, "w").write(y("r", rp, "true", redis) + y("m", mp, "false", mc))
+        with open(conf, "w") as f:
+            f.write(pool_yaml("r", rp, True, redis) + pool_yaml("m", mp, False, mc))
         pr = subprocess.Popen(pin(1) + [b, "-c", conf, "--admin", "off", "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(pr); pids[name] = pr.pid; ports[name] = (rp, mp); wait_port(rp)
     work = [("redis P1", "redis", ["-c", "50", "-P", "1", "-n", "100000"]),

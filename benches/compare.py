@@ -66,6 +66,16 @@ def rss_kib(pid, key="VmRSS"):
     return 0
 
 
+def redis_server(cpu, port):
+    """A redis-server on `port` pinned to `cpu`, without persistence."""
+    return subprocess.Popen(pin(cpu) + ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+
+
+def memcached(cpu, port):
+    """A one-thread memcached on `port` pinned to `cpu`."""
+    return subprocess.Popen(pin(cpu) + ["memcached", "-u", "nobody", "-l", "127.0.0.1", "-p", str(port), "-t", "1", "-c", "20000"], stdout=subprocess.DEVNULL)
+
+
 def pool_yaml(name, port, redis, servers):
     y = f"{name}:\n  listen: 127.0.0.1:{port}\n  hash: fnv1a_64\n  distribution: ketama\n  redis: {str(redis).lower()}\n  servers:\n"
     return y + "".join(f"    - 127.0.0.1:{s}:1\n" for s in servers)
@@ -85,15 +95,9 @@ def main():
     try:
         redis = [free_port() for _ in range(3)]
         mc = [free_port() for _ in range(3)]
-        for p in redis:
-            procs.append(subprocess.Popen(pin(0) + ["redis-server", "--port", str(p), "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL))
-        for p in mc:
-            procs.append(subprocess.Popen(pin(0) + ["memcached", "-u", "nobody", "-l", "127.0.0.1", "-p", str(p), "-t", "1", "-c", "20000"], stdout=subprocess.DEVNULL))
+        procs += [redis_server(0, p) for p in redis] + [memcached(0, p) for p in mc]
         alone = {"redis": free_port(), "memcache": free_port()}
-        alone_procs = {
-            "redis": subprocess.Popen(pin(1) + ["redis-server", "--port", str(alone["redis"]), "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL),
-            "memcache": subprocess.Popen(pin(1) + ["memcached", "-u", "nobody", "-l", "127.0.0.1", "-p", str(alone["memcache"]), "-t", "1", "-c", "20000"], stdout=subprocess.DEVNULL),
-        }
+        alone_procs = {"redis": redis_server(1, alone["redis"]), "memcache": memcached(1, alone["memcache"])}
         procs += alone_procs.values()
         for p in redis + mc + list(alone.values()):
             wait_port(p)
