@@ -296,6 +296,44 @@ fn resp_frame(frame: Bytes, req: &redis::Request) -> Bytes {
 }
 
 /// Check AUTH against the pool's `redis_auth`: `Some(reply)` answers the request in the proxy.
+/// What a Redis client's connection remembers between requests.
+#[derive(Debug, Default)]
+pub struct RedisSession {
+    /// AUTH succeeded (pools with `redis_auth`).
+    pub authed: bool,
+    /// legate refused this client's MULTI: until EXEC or DISCARD, every command it sends was meant
+    /// for that transaction and must not run.
+    pub refused_multi: bool,
+}
+
+/// While a refused MULTI is open, answer every command without running it: the client meant to
+/// queue them, and running them now would apply a transaction it will see fail.
+fn in_refused_multi(session: &mut RedisSession, name: &[u8]) -> Option<Slot> {
+    if !session.refused_multi {
+        return None;
+    }
+    if name.eq_ignore_ascii_case(b"exec") {
+        session.refused_multi = false;
+        return Some(Slot::Ready(Bytes::from_static(
+            b"-EXECABORT Transaction discarded because of previous errors.\r\n",
+        )));
+    }
+    if name.eq_ignore_ascii_case(b"discard") {
+        session.refused_multi = false;
+        return Some(Slot::Ready(Bytes::from_static(b"+OK\r\n")));
+    }
+    if name.eq_ignore_ascii_case(b"quit") {
+        return None;
+    }
+    if name.eq_ignore_ascii_case(b"multi") {
+        return Some(redis_error("MULTI calls can not be nested".into()));
+    }
+    Some(redis_error(format!(
+        "'{}' not run: it follows a MULTI that legate refused (EXEC or DISCARD ends it)",
+        printable(name).to_ascii_lowercase()
+    )))
+}
+
 fn check_auth(topo: &Topology, frame: &Bytes, req: &redis::Request, authed: &mut bool) -> Option<Slot> {
     let args = &req.args;
     let name = &frame[args[0].clone()];
@@ -322,22 +360,25 @@ fn check_auth(topo: &Topology, frame: &Bytes, req: &redis::Request, authed: &mut
     None
 }
 
-/// Route one Redis request (which has at least one argument). `authed` is the session's AUTH
-/// state, for pools with `redis_auth`.
+/// Route one Redis request (which has at least one argument), in the client's session state.
 pub fn redis(
     topo: &Topology,
     q: &Arc<Replies>,
     out: &mut Outbox,
     frame: Bytes,
     req: &redis::Request,
-    authed: &mut bool,
+    session: &mut RedisSession,
 ) -> Slot {
-    if let Some(slot) = check_auth(topo, &frame, req, authed) {
+    if let Some(slot) = check_auth(topo, &frame, req, &mut session.authed) {
         topo.stats.request(Class::Proxy);
         return slot;
     }
     let args = &req.args;
     let name = &frame[args[0].clone()];
+    if let Some(slot) = in_refused_multi(session, name) {
+        topo.stats.request(Class::Proxy);
+        return slot;
+    }
     let argc = args.len();
     let kind = redis::lookup(name);
     match kind {
@@ -433,6 +474,10 @@ pub fn redis(
             _ => wrong_args(name),
         },
         CommandKind::Command => Slot::Ready(Bytes::from_static(b"*0\r\n")),
+        CommandKind::Unsupported if name.eq_ignore_ascii_case(b"multi") => {
+            session.refused_multi = true;
+            redis_error("unsupported command 'MULTI': legate does not serve transactions yet; the commands that follow are not run until EXEC or DISCARD".into())
+        }
         CommandKind::Unsupported => redis_error(format!(
             "unsupported command '{}': legate does not serve it (it would span shards or is unknown)",
             printable(name)

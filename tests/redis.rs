@@ -193,7 +193,6 @@ fn unsupported_commands_answer_an_error_and_keep_the_connection() {
         "FLUSHALL",
         "FLUSHDB",
         "RANDOMKEY",
-        "MULTI",
         "EXEC",
         "WATCH k",
         "BLPOP l 0",
@@ -208,6 +207,36 @@ fn unsupported_commands_answer_an_error_and_keep_the_connection() {
     }
     c.expect(&cmd("SET after ok"), b"+OK\r\n");
     c.expect(&cmd("GET after"), b"$2\r\nok\r\n");
+}
+
+/// A client pipelines MULTI, its commands and EXEC without waiting (as every client library
+/// does): when legate refuses the MULTI, none of the commands meant for the transaction may run.
+#[test]
+fn commands_after_a_refused_multi_are_not_run() {
+    let s = setup();
+    let mut c = s.client();
+    let mut pipeline = cmd("MULTI");
+    pipeline.extend(cmd("SET tx{t} applied"));
+    pipeline.extend(cmd("INCR counter{t}"));
+    pipeline.extend(cmd("EXEC"));
+    c.send(&pipeline);
+    assert!(c.line().starts_with(b"-ERR unsupported command 'MULTI'"));
+    for _ in 0..2 {
+        let line = String::from_utf8(c.line()).unwrap();
+        assert!(line.starts_with("-ERR ") && line.contains("not run"), "{line}");
+    }
+    c.expect(b"", b"-EXECABORT Transaction discarded because of previous errors.\r\n");
+    c.expect(&cmd("GET tx{t}"), b"$-1\r\n");
+    c.expect(&cmd("GET counter{t}"), b"$-1\r\n");
+    // DISCARD ends it too, and the session is back to normal.
+    c.send(&cmd("MULTI"));
+    assert!(c.line().starts_with(b"-ERR unsupported command 'MULTI'"));
+    c.expect(&cmd("SET tx{t} applied"), b"");
+    assert!(c.line().starts_with(b"-ERR 'set' not run"));
+    c.expect(&cmd("DISCARD"), b"+OK\r\n");
+    c.expect(&cmd("SET tx{t} later"), b"+OK\r\n");
+    c.expect(&cmd("GET tx{t}"), b"$5\r\nlater\r\n");
+    assert_eq!(s.sizes().iter().sum::<u64>(), 1, "only the write after DISCARD ran");
 }
 
 #[test]

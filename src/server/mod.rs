@@ -231,7 +231,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
     if *drain.borrow() {
         return true;
     }
-    let mut authed = false;
+    let mut session = router::RedisSession::default();
     let mut outbox = Outbox::default();
     // Allocated on the first read: a client that never sends costs no buffer.
     let mut buf = BytesMut::new();
@@ -279,7 +279,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
                             if req.args.is_empty() {
                                 None
                             } else {
-                                Some(router::redis(&t, q, &mut outbox, frame, &req, &mut authed))
+                                Some(router::redis(&t, q, &mut outbox, frame, &req, &mut session))
                             }
                         }
                         Ok(Parse::Incomplete(n)) => {
