@@ -14,6 +14,7 @@
 //! - [`l4`]: `protocol: tcp` pools, forwarding each client's byte stream to one server.
 //! - [`net`]: one stream type for TCP, unix sockets and TLS in either direction.
 //! - [`tls`]: certificate and key files -> rustls client and server configurations.
+//! - [`workers`]: the worker threads (one current-thread runtime each) that carry every request.
 //! - [`metrics`]: the proxy's counters, published to the Prometheus exporter.
 //! - [`reload`]: the running pools; config reloads (file watch, SIGHUP) and draining.
 //!
@@ -39,6 +40,7 @@ pub mod server;
 pub mod tls;
 pub mod topology;
 pub mod upstream;
+pub mod workers;
 
 use std::future::Future;
 
@@ -85,6 +87,8 @@ pub async fn run_with(
     use std::sync::Arc;
     use tokio::signal::unix::{signal, SignalKind};
     router::mark_start();
+    crate::workers::start(options.workers.unwrap_or_else(workers::default_count))
+        .context("cannot start the worker threads")?;
     let prometheus = install_recorder();
     let admin_listener = match options.admin {
         Some(a) => Some(

@@ -20,7 +20,9 @@ struct Args {
     /// Check the configuration file and exit: 0 if valid, 1 if not.
     #[arg(short = 't', long = "test-conf")]
     test: bool,
-    /// Worker threads (default: one per core).
+    /// Worker threads, each with its own listeners' share of clients and its own server
+    /// connections (default: the available parallelism, which respects CPU affinity and cgroup
+    /// quotas).
     #[arg(long)]
     workers: Option<usize>,
     /// Admin HTTP endpoint (/metrics, /stats, /health, /ready, /config, POST /reload); `off` disables it.
@@ -79,17 +81,13 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
-    // One worker: a current-thread runtime, whose scheduler has no cross-thread queues or wakeups.
-    let mut rt = if args.workers == Some(1) {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
-    rt.enable_all().thread_name("legate-worker");
-    if let Some(n) = args.workers.filter(|&n| n > 1) {
-        rt.worker_threads(n);
-    }
-    let rt = match rt.build() {
+    // This runtime keeps the admin endpoint, reloads and scrapes; the request path runs on the
+    // worker threads that `run_with` starts (`--workers`, default one per available core).
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("legate-control")
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("legate: cannot start the runtime: {e}");
@@ -121,6 +119,7 @@ fn main() -> ExitCode {
         config_path: Some(args.conf.clone()),
         watch: !args.no_watch,
         drain_timeout: std::time::Duration::from_secs_f64(args.drain_timeout.max(0.0)),
+        workers: args.workers.filter(|&n| n > 0),
     };
     let result = rt.block_on(legate::run_with(config, options, shutdown_signal()));
     match result {

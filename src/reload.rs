@@ -27,14 +27,15 @@ struct RunningPool {
     drain: watch::Sender<bool>,
     alive_tx: mpsc::Sender<()>,
     alive_rx: mpsc::Receiver<()>,
-    accept: JoinHandle<Listener>,
+    /// One accept loop per worker, each on its own descriptor of the pool's socket.
+    accept: Vec<JoinHandle<Option<Listener>>>,
 }
 
 /// A pool that stopped: its listener comes back once it has stopped accepting, and its
 /// sessions are gone when `alive` reports closed.
 struct Stopping {
     name: String,
-    accept: Option<JoinHandle<Listener>>,
+    accept: Vec<JoinHandle<Option<Listener>>>,
     alive: mpsc::Receiver<()>,
 }
 
@@ -62,6 +63,7 @@ fn start_pool(config: &PoolConfig, tls: PoolTls, listener: Listener) -> RunningP
         protocol: config.protocol,
         drain: drain_rx,
         alive: alive_tx.clone(),
+        clients: Default::default(),
     };
     tracing::info!(
         "pool {} listening on {}{} ({}{}, {} servers)",
@@ -79,8 +81,27 @@ fn start_pool(config: &PoolConfig, tls: PoolTls, listener: Listener) -> RunningP
         drain,
         alive_tx,
         alive_rx,
-        accept: tokio::spawn(accept_loop(listener, handle)),
+        accept: accept_on_workers(listener, &handle),
     }
+}
+
+/// Start an accept loop on every worker, each with its own descriptor of `listener`.
+fn accept_on_workers(listener: Listener, handle: &PoolHandle) -> Vec<JoinHandle<Option<Listener>>> {
+    let workers = crate::workers::count();
+    let mut listeners = Vec::with_capacity(workers);
+    for _ in 1..workers {
+        match listener.try_clone() {
+            Ok(l) => listeners.push(l),
+            // That worker takes no clients of this pool; the others do.
+            Err(e) => tracing::warn!(error = %e, "cannot share a listener with a worker"),
+        }
+    }
+    listeners.push(listener);
+    listeners
+        .into_iter()
+        .enumerate()
+        .map(|(w, l)| crate::workers::spawn_on(w, accept_loop(l, handle.clone())))
+        .collect()
 }
 
 impl RunningPool {
@@ -89,16 +110,24 @@ impl RunningPool {
         drop(self.alive_tx);
         Stopping {
             name: self.config.name,
-            accept: Some(self.accept),
+            accept: self.accept,
             alive: self.alive_rx,
         }
     }
 }
 
 impl Stopping {
-    /// The listener, once the pool has stopped accepting (`None` if its task failed).
+    /// The listener, once the pool has stopped accepting on every worker (`None` if every
+    /// accept task failed).
     async fn listener(&mut self) -> Option<Listener> {
-        self.accept.take()?.await.ok()
+        let mut kept = None;
+        for a in self.accept.drain(..) {
+            if let Ok(Some(l)) = a.await {
+                // The other descriptors of the same socket close as they drop.
+                kept = kept.or(Some(l));
+            }
+        }
+        kept
     }
 
     /// Wait until every session of the pool has closed.
@@ -367,6 +396,8 @@ pub struct Options {
     pub watch: bool,
     /// How long SIGTERM waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// Worker threads; `None`: one per available core ([`crate::workers::default_count`]).
+    pub workers: Option<usize>,
 }
 
 impl Default for Options {
@@ -378,6 +409,7 @@ impl Default for Options {
             config_path: None,
             watch: false,
             drain_timeout: Duration::from_secs(10),
+            workers: None,
         }
     }
 }

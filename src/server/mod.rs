@@ -30,10 +30,16 @@ const REPLY_BYTES_HELD: usize = 4 * 1024 * 1024;
 /// Reply bytes gathered before a write is forced.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
-/// A bound listener of either kind.
+/// A bound listener of either kind, not yet tied to a runtime: every worker accepts on its
+/// own descriptor of the one socket ([`Listener::try_clone`]), and a reload hands the socket to
+/// the pool's successor without ever closing it.
+///
+/// One socket shared by the workers rather than one `SO_REUSEPORT` socket each: each reuseport
+/// socket has its own accept queue, and connections queued on one that closes (a reload that
+/// changes the worker set, a drain) are reset.
 pub enum Listener {
-    Tcp(tokio::net::TcpListener),
-    Unix(tokio::net::UnixListener),
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
 }
 
 impl Listener {
@@ -56,7 +62,7 @@ impl Listener {
                 sock.set_nonblocking(true)?;
                 sock.bind(&addr.into())?;
                 sock.listen(pool.backlog.min(i32::MAX as u32) as i32)?;
-                Ok(Listener::Tcp(tokio::net::TcpListener::from_std(sock.into())?))
+                Ok(Listener::Tcp(sock.into()))
             }
             Addr::Unix { path, perm } => {
                 // A socket file left by an earlier run would make bind fail.
@@ -66,7 +72,8 @@ impl Listener {
                 }) {
                     std::fs::remove_file(path)?;
                 }
-                let l = tokio::net::UnixListener::bind(path)?;
+                let l = std::os::unix::net::UnixListener::bind(path)?;
+                l.set_nonblocking(true)?;
                 if let Some(perm) = perm {
                     use std::os::unix::fs::PermissionsExt;
                     std::fs::set_permissions(path, std::fs::Permissions::from_mode(*perm))?;
@@ -74,6 +81,17 @@ impl Listener {
                 Ok(Listener::Unix(l))
             }
         }
+    }
+
+    /// Another descriptor for the same socket (for another worker).
+    ///
+    /// # Errors
+    /// Out of descriptors.
+    pub fn try_clone(&self) -> std::io::Result<Listener> {
+        Ok(match self {
+            Listener::Tcp(l) => Listener::Tcp(l.try_clone()?),
+            Listener::Unix(l) => Listener::Unix(l.try_clone()?),
+        })
     }
 
     /// The bound address, for logs (resolves port 0).
@@ -87,6 +105,30 @@ impl Listener {
                 .unwrap_or_default(),
         }
     }
+
+    /// Register with the calling worker's runtime.
+    fn register(self) -> std::io::Result<Accepting> {
+        Ok(match self {
+            Listener::Tcp(l) => Accepting::Tcp(tokio::net::TcpListener::from_std(l)?),
+            Listener::Unix(l) => Accepting::Unix(tokio::net::UnixListener::from_std(l)?),
+        })
+    }
+}
+
+/// A listener registered with one worker's runtime.
+enum Accepting {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+impl Accepting {
+    /// Back to a runtime-free listener, for the next owner of the socket.
+    fn release(self) -> std::io::Result<Listener> {
+        Ok(match self {
+            Accepting::Tcp(l) => Listener::Tcp(l.into_std()?),
+            Accepting::Unix(l) => Listener::Unix(l.into_std()?),
+        })
+    }
 }
 
 /// What a pool's sessions share: its topology, the drain signal and the count of live sessions.
@@ -98,28 +140,38 @@ pub struct PoolHandle {
     pub drain: watch::Receiver<bool>,
     /// Held by every session; the pool is drained when all clones are gone.
     pub alive: mpsc::Sender<()>,
+    /// The pool's clients on every worker, for `client_connections`.
+    pub clients: Arc<AtomicUsize>,
 }
 
 /// The next client and its IP address (none for unix sockets).
-async fn accept(listener: &Listener) -> std::io::Result<(Plain, Option<IpAddr>)> {
+async fn accept(listener: &Accepting) -> std::io::Result<(Plain, Option<IpAddr>)> {
     match listener {
-        Listener::Tcp(l) => l.accept().await.map(|(s, peer)| {
+        Accepting::Tcp(l) => l.accept().await.map(|(s, peer)| {
             let _ = s.set_nodelay(true);
             (Plain::Tcp(s), Some(peer.ip()))
         }),
-        Listener::Unix(l) => l.accept().await.map(|(s, _)| (Plain::Unix(s), None)),
+        Accepting::Unix(l) => l.accept().await.map(|(s, _)| (Plain::Unix(s), None)),
     }
 }
 
-/// Accept clients, one session task each, until the pool drains; then hand the listener back
-/// (a reload may give it to the pool's successor without ever closing the socket).
-pub async fn accept_loop(listener: Listener, pool: PoolHandle) -> Listener {
-    let clients = Arc::new(AtomicUsize::new(0));
+/// Accept clients on the calling worker, one session task each, until the pool drains; then
+/// hand the listener back (a reload may give it to the pool's successor without ever closing
+/// the socket). `None` when the listener could not be registered or released.
+pub async fn accept_loop(listener: Listener, pool: PoolHandle) -> Option<Listener> {
+    let listener = match listener.register() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot accept on a worker");
+            return None;
+        }
+    };
+    let clients = pool.clients.clone();
     let mut drain = pool.drain.clone();
     loop {
         let accepted = tokio::select! {
             a = accept(&listener) => a,
-            _ = drain.wait_for(|d| *d) => return listener,
+            _ = drain.wait_for(|d| *d) => return listener.release().ok(),
         };
         let (plain, peer) = match accepted {
             Ok(a) => a,
@@ -133,7 +185,9 @@ pub async fn accept_loop(listener: Listener, pool: PoolHandle) -> Listener {
         // One snapshot per accepted client: its limits, TLS and counters.
         let topo = pool.topo.load_full();
         let max_clients = topo.pool.client_connections;
-        if max_clients > 0 && clients.load(Ordering::Relaxed) >= max_clients as usize {
+        // Counted before the check: two workers accepting at once cannot both take the last place.
+        if clients.fetch_add(1, Ordering::Relaxed) >= max_clients as usize && max_clients > 0 {
+            clients.fetch_sub(1, Ordering::Relaxed);
             tracing::warn!(max_clients, "client_connections reached; refusing a new client");
             let reply: &'static [u8] = match pool.protocol {
                 Protocol::Memcache => b"SERVER_ERROR too many open connections\r\n",
@@ -155,7 +209,6 @@ pub async fn accept_loop(listener: Listener, pool: PoolHandle) -> Listener {
             });
             continue;
         }
-        clients.fetch_add(1, Ordering::Relaxed);
         let clients = clients.clone();
         let pool = pool.clone();
         let stats = topo.stats.clone();

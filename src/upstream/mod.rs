@@ -66,7 +66,27 @@ const QUEUE_DEPTH: usize = 16 * 1024;
 /// Jobs written per batch.
 const BATCH: usize = 512;
 
-/// The connections to one server of a pool.
+/// Which of a server's shared connections a job travels on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// memcache, and Redis clients speaking RESP2.
+    Default = 0,
+    /// Redis connections that said `HELLO 3`, for clients that did: their replies are
+    /// forwarded as the server's own RESP3 bytes.
+    Resp3 = 1,
+}
+
+/// One worker's connections to a server, per lane.
+#[derive(Debug)]
+struct WorkerConns {
+    lanes: [Vec<Arc<Queue<Job>>>; 2],
+    /// Round robin over a lane's connections (touched by this worker only).
+    next: AtomicUsize,
+}
+
+/// The connections to one server of a pool: `server_connections` per worker and lane, so a
+/// worker's requests never cross to another thread ([`crate::workers`]). Health (failures,
+/// ejection) is the server's, shared by every worker.
 #[derive(Debug)]
 pub struct Server {
     pub name: String,
@@ -75,8 +95,8 @@ pub struct Server {
     target: Target,
     health: Arc<Health>,
     pub stats: Arc<ServerStats>,
-    conns: Vec<Arc<Queue<Job>>>,
-    next: AtomicUsize,
+    /// Indexed by worker.
+    conns: Vec<WorkerConns>,
 }
 
 /// A server's run of failures and whether it is out of the ring (`auto_eject_hosts`).
@@ -178,21 +198,36 @@ impl Server {
             events,
             stats: stats.clone(),
         });
-        let shared = if pool.protocol == Protocol::Tcp {
-            0
-        } else {
-            target.connections
+        // An L4 pool's clients each get a connection of their own; memcache has one lane.
+        let lanes = match pool.protocol {
+            Protocol::Tcp => 0,
+            Protocol::Memcache => 1,
+            Protocol::Redis => 2,
         };
-        let conns = (0..shared)
-            .map(|_| {
-                let jobs = Arc::new(Queue::new(QUEUE_DEPTH));
-                tokio::spawn(run_connection(
-                    target.clone(),
-                    health.clone(),
-                    jobs.clone(),
-                    target.preconnect,
-                ));
-                jobs
+        let conns = (0..crate::workers::count())
+            .map(|worker| WorkerConns {
+                lanes: std::array::from_fn(|lane| {
+                    let n = if lane < lanes { target.connections } else { 0 };
+                    (0..n)
+                        .map(|_| {
+                            let jobs = Arc::new(Queue::new(QUEUE_DEPTH));
+                            // RESP3 connections open on first use: most clients speak RESP2.
+                            let resp3 = lane == Lane::Resp3 as usize;
+                            crate::workers::spawn_on(
+                                worker,
+                                run_connection(
+                                    target.clone(),
+                                    resp3,
+                                    health.clone(),
+                                    jobs.clone(),
+                                    target.preconnect && !resp3,
+                                ),
+                            );
+                            jobs
+                        })
+                        .collect()
+                }),
+                next: AtomicUsize::new(0),
             })
             .collect();
         Arc::new(Server {
@@ -202,7 +237,6 @@ impl Server {
             health,
             stats,
             conns,
-            next: AtomicUsize::new(0),
         })
     }
 
@@ -223,7 +257,7 @@ impl Server {
     /// The server cannot be reached or answers something else.
     pub async fn info(&self) -> Result<String, String> {
         let ask = async {
-            let mut s = connect(&self.target).await.map_err(|f| f.reason)?;
+            let mut s = connect(&self.target, false).await.map_err(|f| f.reason)?;
             if self.target.protocol == Protocol::Tcp {
                 return Ok(String::new()); // up when it accepts a connection; nothing to ask
             }
@@ -255,7 +289,7 @@ impl Server {
 
     /// Try a fresh connection (with AUTH/SELECT); on success the server rejoins.
     pub async fn probe(&self) -> bool {
-        match connect(&self.target).await {
+        match connect(&self.target, false).await {
             Ok(_) => {
                 self.health.failures.store(0, Ordering::Relaxed);
                 self.health.ejected.store(false, Ordering::Relaxed);
@@ -274,7 +308,7 @@ impl Server {
     /// # Errors
     /// The server cannot be reached, or the TLS handshake failed; the reason says which.
     pub async fn open(&self) -> Result<Stream, String> {
-        match connect(&self.target).await {
+        match connect(&self.target, false).await {
             Ok(s) => {
                 self.health.success();
                 Ok(s)
@@ -292,17 +326,20 @@ impl Server {
         self.target == target(pool, server, tls)
     }
 
-    /// Queue jobs on one of the server's connections (round robin), in order. When the
+    /// Queue jobs on one of `worker`'s connections of `lane` (round robin), in order. When the
     /// connection task is gone the jobs are dropped, and their clients are told the connection
     /// was lost.
-    async fn send(&self, jobs: &mut Vec<Job>) {
-        let i = if self.conns.len() <= 1 {
-            0
-        } else {
-            self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len()
-        };
-        if let Some(conn) = self.conns.get(i) {
-            conn.push(jobs).await;
+    async fn send(&self, worker: usize, lane: Lane, jobs: &mut Vec<Job>) {
+        if let Some(w) = self.conns.get(worker) {
+            let conns = &w.lanes[lane as usize];
+            let i = if conns.len() <= 1 {
+                0
+            } else {
+                w.next.fetch_add(1, Ordering::Relaxed) % conns.len()
+            };
+            if let Some(conn) = conns.get(i) {
+                conn.push(jobs).await;
+            }
         }
         jobs.clear();
     }
@@ -312,23 +349,41 @@ impl Drop for Server {
     /// The server left every topology: its connections write what is queued, collect the
     /// replies still owed, and end.
     fn drop(&mut self) {
-        for c in &self.conns {
+        for c in self.conns.iter().flat_map(|w| w.lanes.iter().flatten()) {
             c.finish();
         }
     }
 }
 
-/// The jobs one client routed from one read, kept in order per server and queued together.
-#[derive(Debug, Default)]
+/// The jobs one client routed from one read, kept in order per server and lane and queued
+/// together, on the connections of the worker the session runs on.
+#[derive(Debug)]
 pub struct Outbox {
-    per_server: SmallVec<[(usize, Vec<Job>); 4]>,
+    worker: usize,
+    per_server: SmallVec<[(usize, Lane, Vec<Job>); 4]>,
+}
+
+impl Default for Outbox {
+    /// An outbox for the calling worker's connections.
+    fn default() -> Self {
+        Outbox {
+            worker: crate::workers::current(),
+            per_server: SmallVec::new(),
+        }
+    }
 }
 
 impl Outbox {
+    /// Queue `job` for `server` on the default lane.
     pub fn push(&mut self, server: usize, job: Job) {
-        match self.per_server.iter_mut().find(|(s, _)| *s == server) {
-            Some((_, jobs)) => jobs.push(job),
-            None => self.per_server.push((server, vec![job])),
+        self.push_lane(server, Lane::Default, job);
+    }
+
+    /// Queue `job` for `server` on `lane`.
+    pub fn push_lane(&mut self, server: usize, lane: Lane, job: Job) {
+        match self.per_server.iter_mut().find(|(s, l, _)| *s == server && *l == lane) {
+            Some((_, _, jobs)) => jobs.push(job),
+            None => self.per_server.push((server, lane, vec![job])),
         }
     }
 
@@ -338,9 +393,9 @@ impl Outbox {
 
     /// Queue everything on `servers` (the topology the jobs were routed with).
     pub async fn flush(&mut self, servers: &[Arc<Server>]) {
-        for (server, mut jobs) in self.per_server.drain(..) {
+        for (server, lane, mut jobs) in self.per_server.drain(..) {
             if let Some(s) = servers.get(server) {
-                s.send(&mut jobs).await;
+                s.send(self.worker, lane, &mut jobs).await;
             }
         }
     }
@@ -370,8 +425,9 @@ fn connect_failed(health: &Health, label: &str, f: &ConnectFailure) {
     health.failure();
 }
 
-/// Connect (and run the TLS handshake, then Redis AUTH/SELECT), all under the connect timeout.
-async fn connect(t: &Target) -> Result<Stream, ConnectFailure> {
+/// Connect (and run the TLS handshake, then Redis AUTH, `HELLO 3` when `resp3`, and SELECT), all
+/// under the connect timeout.
+async fn connect(t: &Target, resp3: bool) -> Result<Stream, ConnectFailure> {
     let connect = async {
         let plain = match &t.addr {
             Addr::Tcp { host, port } => {
@@ -412,6 +468,10 @@ async fn connect(t: &Target) -> Result<Stream, ConnectFailure> {
             redis::encode_command(&mut hello, [&b"AUTH"[..], pw.as_bytes()].into_iter());
             expected += 1;
         }
+        if resp3 {
+            redis::encode_command(&mut hello, [&b"HELLO"[..], b"3"].into_iter());
+            expected += 1;
+        }
         if t.redis_db != 0 {
             let db = t.redis_db.to_string();
             redis::encode_command(&mut hello, [&b"SELECT"[..], db.as_bytes()].into_iter());
@@ -426,7 +486,8 @@ async fn connect(t: &Target) -> Result<Stream, ConnectFailure> {
                     match redis::scan_reply(&buf, &mut scan).map_err(|e| e.to_string())? {
                         Some(n) => {
                             let reply = buf.split_to(n);
-                            if !reply.starts_with(b"+OK") {
+                            // +OK to AUTH and SELECT, a map to HELLO.
+                            if !(reply.starts_with(b"+OK") || reply.starts_with(b"%")) {
                                 return Err(format!(
                                     "AUTH/SELECT refused: {}",
                                     String::from_utf8_lossy(reply.trim_ascii_end())
@@ -485,7 +546,7 @@ impl<T> Drop for CloseOnDrop<T> {
     }
 }
 
-async fn run_connection(t: Target, health: Arc<Health>, jobs: Arc<Queue<Job>>, preconnect: bool) {
+async fn run_connection(t: Target, resp3: bool, health: Arc<Health>, jobs: Arc<Queue<Job>>, preconnect: bool) {
     let rx = CloseOnDrop(jobs);
     let rx = &*rx.0;
     let mut batch: Vec<Job> = Vec::with_capacity(BATCH);
@@ -504,7 +565,7 @@ async fn run_connection(t: Target, health: Arc<Health>, jobs: Arc<Queue<Job>>, p
                 continue;
             }
         }
-        let stream = match connect(&t).await {
+        let stream = match connect(&t, resp3).await {
             Ok(s) => s,
             Err(f) => {
                 connect_failed(&health, &t.label, &f);
