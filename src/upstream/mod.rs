@@ -74,12 +74,26 @@ pub enum Lane {
     /// Redis connections that said `HELLO 3`, for clients that did: their replies are
     /// forwarded as the server's own RESP3 bytes.
     Resp3 = 1,
+    /// memcache connections for binary-protocol requests (memcached fixes a connection's
+    /// protocol by its first byte).
+    Binary = 2,
+}
+
+impl Lane {
+    /// The lanes a pool's servers have besides [`Lane::Default`].
+    fn others(protocol: Protocol) -> &'static [Lane] {
+        match protocol {
+            Protocol::Redis => &[Lane::Resp3],
+            Protocol::Memcache => &[Lane::Binary],
+            Protocol::Tcp => &[],
+        }
+    }
 }
 
 /// One worker's connections to a server, per lane.
 #[derive(Debug)]
 struct WorkerConns {
-    lanes: [Vec<Arc<Queue<Job>>>; 2],
+    lanes: [Vec<Arc<Queue<Job>>>; 3],
     /// Round robin over a lane's connections (touched by this worker only).
     next: AtomicUsize,
 }
@@ -198,30 +212,24 @@ impl Server {
             events,
             stats: stats.clone(),
         });
-        // An L4 pool's clients each get a connection of their own; memcache has one lane.
-        let lanes = match pool.protocol {
-            Protocol::Tcp => 0,
-            Protocol::Memcache => 1,
-            Protocol::Redis => 2,
+        // An L4 pool's clients each get a connection of their own.
+        let lane_used = |lane: usize| {
+            pool.protocol != Protocol::Tcp
+                && (lane == Lane::Default as usize || Lane::others(pool.protocol).iter().any(|&l| l as usize == lane))
         };
         let conns = (0..crate::workers::count())
             .map(|worker| WorkerConns {
                 lanes: std::array::from_fn(|lane| {
-                    let n = if lane < lanes { target.connections } else { 0 };
+                    let n = if lane_used(lane) { target.connections } else { 0 };
                     (0..n)
                         .map(|_| {
                             let jobs = Arc::new(Queue::new(QUEUE_DEPTH));
-                            // RESP3 connections open on first use: most clients speak RESP2.
                             let resp3 = lane == Lane::Resp3 as usize;
+                            // The other lanes open on first use: most clients speak RESP2 / text.
+                            let preconnect = target.preconnect && lane == Lane::Default as usize;
                             crate::workers::spawn_on(
                                 worker,
-                                run_connection(
-                                    target.clone(),
-                                    resp3,
-                                    health.clone(),
-                                    jobs.clone(),
-                                    target.preconnect && !resp3,
-                                ),
+                                run_connection(target.clone(), resp3, health.clone(), jobs.clone(), preconnect),
                             );
                             jobs
                         })
