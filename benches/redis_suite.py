@@ -287,6 +287,25 @@ def run_side(a, tree, tests, legate, unit, side, ports, baseport, out):
         return res
 
 
+def cause(err):
+    """A short name for why a test was lost, to count them by cause."""
+    block = err.startswith("not run, its block stopped at: ")
+    m = re.search(r"unsupported command '([^']+)'", err)
+    if "follows a MULTI that legate refused" in err or "MULTI calls can not be nested" in err:
+        c = "after a refused MULTI on that connection"
+    elif m:
+        c = f"refused {m.group(1).upper()}"
+    elif "without keys cannot be routed" in err:
+        c = "EVAL/EVALSHA/FCALL without keys refused"
+    elif err.startswith("hung"):
+        c = "hung"
+    elif err.startswith("not run"):
+        c = "not run: " + err[len("not run "):][:60]
+    else:
+        c = "other: " + err[:100]
+    return ("block stopped: " if block else "") + c
+
+
 def report(results, shards, harness_direct, out):
     """Print the table and the tests that pass directly but not through legate."""
     rows, lost = [], []
@@ -334,6 +353,13 @@ def report(results, shards, harness_direct, out):
     print(f"\n{len(lost)} tests pass directly but not through legate:\n")
     for unit, name, err in lost:
         print(f"- {unit}: {name} -- {err[:240]}")
+    causes = {}
+    for unit, name, err in lost:
+        causes.setdefault(cause(err), set()).add(unit)
+    counts = {c: sum(1 for _, _, e in lost if cause(e) == c) for c in causes}
+    print("\nBy cause:\n")
+    for c in sorted(causes, key=lambda c: -counts[c]):
+        print(f"- {counts[c]} {c} ({', '.join(sorted(causes[c]))})")
 
 
 def main():
