@@ -111,8 +111,7 @@ impl Replies {
     }
 
     fn full(&self, g: &Inner) -> bool {
-        g.entries.len() >= self.limit
-            || g.held.saturating_add(g.unfilled.saturating_mul(g.estimate)) >= self.max_bytes
+        g.entries.len() >= self.limit || g.held.saturating_add(g.unfilled.saturating_mul(g.estimate)) >= self.max_bytes
     }
 
     /// The reader, if it waits for room and there is room now.

@@ -759,7 +759,9 @@ async fn read_replies<R: AsyncRead + Unpin>(rd: R, prx: Arc<Queue<Pending>>, r: 
             server: r.label.clone(),
             reason: reason.clone(),
         },
-        _ => UpstreamError::Lost { server: r.label.clone() },
+        _ => UpstreamError::Lost {
+            server: r.label.clone(),
+        },
     };
     for p in queue {
         r.health.stats.in_flight.fetch_sub(1, Ordering::Relaxed);

@@ -400,12 +400,9 @@ impl Command {
     fn reply_kind(self) -> ReplyKind {
         match self {
             Command::Get | Command::Gets | Command::Gat | Command::Gats => ReplyKind::Values,
-            Command::Set
-            | Command::Add
-            | Command::Replace
-            | Command::Append
-            | Command::Prepend
-            | Command::Cas => ReplyKind::Storage,
+            Command::Set | Command::Add | Command::Replace | Command::Append | Command::Prepend | Command::Cas => {
+                ReplyKind::Storage
+            }
             Command::Incr | Command::Decr => ReplyKind::Arithmetic,
             Command::Delete => ReplyKind::Delete,
             Command::Touch => ReplyKind::Touch,
@@ -452,7 +449,6 @@ impl ReplyScan {
         self.need
     }
 }
-
 
 fn is_error_line(line: &[u8]) -> bool {
     line == b"ERROR"
@@ -544,7 +540,7 @@ pub fn scan_reply(buf: &[u8], kind: ReplyKind, scan: &mut ReplyScan) -> Result<O
             });
         }
         // A data block of `n` bytes and its CRLF after the line; its end when complete.
-        let mut block = |n: u64, scan: &mut ReplyScan| -> Result<Option<usize>, ReplyError> {
+        let block = |n: u64, scan: &mut ReplyScan| -> Result<Option<usize>, ReplyError> {
             let end = (after_line as u64).saturating_add(n).saturating_add(2);
             if end > scan.limit as u64 {
                 return Err(ReplyError::TooLarge {
@@ -743,10 +739,17 @@ mod tests {
             (kind("touch k 1\r\n"), &["TOUCHED", "NOT_FOUND"], &["DELETED"]),
             (kind("flush_all\r\n"), &["OK"], &["STORED"]),
             (kind("version\r\n"), &["VERSION 1.6.21"], &["OK"]),
-            (ReplyKind::Line, &["STORED", "7", "VERSION x", "OK"], &["NOISE", "VALUE"]),
+            (
+                ReplyKind::Line,
+                &["STORED", "7", "VERSION x", "OK"],
+                &["NOISE", "VALUE"],
+            ),
         ];
         for (kind, good, bad) in cases {
-            for line in good.iter().chain(&["ERROR", "CLIENT_ERROR bad", "SERVER_ERROR out of memory"]) {
+            for line in good
+                .iter()
+                .chain(&["ERROR", "CLIENT_ERROR bad", "SERVER_ERROR out of memory"])
+            {
                 let r = format!("{line}\r\n");
                 assert_eq!(
                     scan_reply(r.as_bytes(), kind, &mut ReplyScan::default()),
@@ -754,7 +757,7 @@ mod tests {
                     "{kind:?} {line}"
                 );
             }
-            for line in *bad {
+            for line in bad {
                 let r = format!("{line}\r\n");
                 assert!(
                     scan_reply(r.as_bytes(), kind, &mut ReplyScan::default()).is_err(),
@@ -790,7 +793,15 @@ mod tests {
             scan_reply(gets, ReplyKind::Values, &mut ReplyScan::default()),
             Ok(Some(gets.len()))
         );
-        for good in [&b"HD\r\n"[..], b"HD c5 t-1\r\n", b"NS\r\n", b"EX\r\n", b"NF\r\n", b"EN\r\n", b"ME k exp=-1 la=1\r\n"] {
+        for good in [
+            &b"HD\r\n"[..],
+            b"HD c5 t-1\r\n",
+            b"NS\r\n",
+            b"EX\r\n",
+            b"NF\r\n",
+            b"EN\r\n",
+            b"ME k exp=-1 la=1\r\n",
+        ] {
             assert_eq!(
                 scan_reply(good, ReplyKind::Meta, &mut ReplyScan::default()),
                 Ok(Some(good.len()))
@@ -821,7 +832,7 @@ mod tests {
         ));
         let mut s = ReplyScan::default();
         assert_eq!(scan_reply(b"VALUE a 0 100\r\nabc", ReplyKind::Values, &mut s), Ok(None));
-        assert_eq!(s.needs(), 115);
+        assert_eq!(s.needs(), 117);
     }
 
     #[test]

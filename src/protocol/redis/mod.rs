@@ -318,7 +318,11 @@ pub fn scan_reply(buf: &[u8], scan: &mut ReplyScan) -> Result<Option<usize>, Rep
                 } else if n < 0 {
                     return Err(Malformed("bad length"));
                 } else {
-                    let elements = if kind == b'%' || kind == b'|' { n as u64 * 2 } else { n as u64 };
+                    let elements = if kind == b'%' || kind == b'|' {
+                        n as u64 * 2
+                    } else {
+                        n as u64
+                    };
                     // Each element takes at least three bytes ("_\r\n").
                     let least = (after as u64).saturating_add(elements.saturating_mul(3));
                     if least > scan.limit as u64 || elements >= ATTRIBUTE as u64 {
@@ -444,7 +448,12 @@ mod tests {
     /// `r.len()`, and never before the last byte.
     fn frames_whole(r: &[u8]) {
         let mut s = ReplyScan::default();
-        assert_eq!(scan_reply(r, &mut s), Ok(Some(r.len())), "{:?}", String::from_utf8_lossy(r));
+        assert_eq!(
+            scan_reply(r, &mut s),
+            Ok(Some(r.len())),
+            "{:?}",
+            String::from_utf8_lossy(r)
+        );
         for cut in 0..r.len() {
             let mut s = ReplyScan::default();
             assert_eq!(scan_reply(&r[..cut], &mut s), Ok(None), "{cut}");
