@@ -574,14 +574,6 @@ fn redis_a_server_that_closes_on_accept_is_retried_with_backoff() {
     closes_on_accept(true);
 }
 
-fn cmd_args(args: &[&str]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
-    }
-    out
-}
-
 /// legate's RSS once it stops growing (sampled every 200 ms, at most 10 s).
 fn settled_rss(pid: u32) -> u64 {
     let mut last = rss_kib(pid);
