@@ -159,6 +159,8 @@ pub fn replies(data: &[u8]) {
     }
     for kind in [
         memcache::ReplyKind::Line,
+        memcache::ReplyKind::Storage,
+        memcache::ReplyKind::Arithmetic,
         memcache::ReplyKind::Values,
         memcache::ReplyKind::Meta,
         memcache::ReplyKind::MetaQuiet,

@@ -16,6 +16,7 @@
 //! - [`tls`]: certificate and key files -> rustls client and server configurations.
 //! - [`workers`]: the worker threads (one current-thread runtime each) that carry every request.
 //! - [`metrics`]: the proxy's counters, published to the Prometheus exporter.
+//! - [`log_limit`]: rate limits for log lines a misbehaving peer can repeat without end.
 //! - [`reload`]: the running pools; config reloads (file watch, SIGHUP) and draining.
 //!
 //! Outside the library: `src/main.rs` (command line, signals, allocator), `src/bin/legate-bench.rs`
@@ -30,6 +31,7 @@ pub mod admin;
 pub mod config;
 pub mod hash;
 pub mod l4;
+pub mod log_limit;
 pub mod metrics;
 pub mod net;
 pub mod protocol;

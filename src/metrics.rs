@@ -134,6 +134,10 @@ pub struct ServerStats {
     /// TLS handshakes with the server that failed (not counted in `server_err`).
     pub tls_err: AtomicU64,
     pub server_eof: AtomicU64,
+    /// Replies no request allowed (the connection was out of step and closed).
+    pub bad_reply: AtomicU64,
+    /// Replies refused at a header declaring more than `max_reply_bytes`.
+    pub reply_too_large: AtomicU64,
     pub server_timedout: AtomicU64,
     pub server_connections: AtomicI64,
     pub ejections: AtomicU64,
@@ -161,6 +165,8 @@ struct ServerHandles {
     errors_connect: Counter,
     errors_lost: Counter,
     errors_tls: Counter,
+    errors_protocol: Counter,
+    errors_too_large: Counter,
     timeouts: Counter,
     connections: Gauge,
     ejections: Counter,
@@ -179,6 +185,8 @@ impl ServerStats {
             errors_connect: metrics::counter!("legate_server_errors_total", "pool" => p.clone(), "server" => s.clone(), "kind" => "connect"),
             errors_lost: metrics::counter!("legate_server_errors_total", "pool" => p.clone(), "server" => s.clone(), "kind" => "lost"),
             errors_tls: metrics::counter!("legate_server_errors_total", "pool" => p.clone(), "server" => s.clone(), "kind" => "tls"),
+            errors_protocol: metrics::counter!("legate_server_errors_total", "pool" => p.clone(), "server" => s.clone(), "kind" => "protocol"),
+            errors_too_large: metrics::counter!("legate_server_errors_total", "pool" => p.clone(), "server" => s.clone(), "kind" => "too_large"),
             timeouts: metrics::counter!("legate_server_timeouts_total", &l()),
             connections: metrics::gauge!("legate_server_connections", &l()),
             ejections: metrics::counter!("legate_server_ejections_total", &l()),
@@ -193,6 +201,8 @@ impl ServerStats {
             server_err: AtomicU64::new(0),
             tls_err: AtomicU64::new(0),
             server_eof: AtomicU64::new(0),
+            bad_reply: AtomicU64::new(0),
+            reply_too_large: AtomicU64::new(0),
             server_timedout: AtomicU64::new(0),
             server_connections: AtomicI64::new(0),
             ejections: AtomicU64::new(0),
@@ -246,6 +256,8 @@ impl ServerStats {
         h.errors_connect.absolute(get(&self.server_err));
         h.errors_lost.absolute(get(&self.server_eof));
         h.errors_tls.absolute(get(&self.tls_err));
+        h.errors_protocol.absolute(get(&self.bad_reply));
+        h.errors_too_large.absolute(get(&self.reply_too_large));
         h.timeouts.absolute(get(&self.server_timedout));
         h.connections
             .set(self.server_connections.load(Ordering::Relaxed) as f64);
@@ -297,7 +309,7 @@ pub fn describe() {
     );
     describe_counter!(
         "legate_server_errors_total",
-        "Server failures by kind: connect, lost, tls (handshake)."
+        "Server failures by kind: connect, lost, tls (handshake), protocol (a reply no request allows: the connection is closed), too_large (a reply over max_reply_bytes, refused at its header)."
     );
     describe_counter!(
         "legate_client_tls_errors_total",

@@ -64,6 +64,14 @@ struct Inner {
     entries: VecDeque<Entry>,
     /// Reply bytes held by `entries`.
     held: usize,
+    /// Server replies reserved and not yet arrived.
+    unfilled: usize,
+    /// What a reply not yet arrived is expected to weigh: the size of recent replies, rising at
+    /// once to a larger one and decaying slowly. Starts high, so a new client's first burst of
+    /// requests cannot ask for much more than the byte budget before any size is known.
+    estimate: usize,
+    /// The reader waits for room.
+    wants_room: bool,
     /// The writer, waiting for the front entry to complete.
     writer: Option<Waker>,
     /// The reader, waiting for room or for the writer to go.
@@ -75,7 +83,9 @@ struct Inner {
 }
 
 /// A session's queue of replies owed. No more entries are reserved while it has `limit` of
-/// them or holds `max_bytes` of replies the client has not taken (it is not reading).
+/// them, or while the replies it holds plus those on their way (at the estimated size) reach
+/// `max_bytes`: a client that does not read its replies costs about `max_bytes`, whatever
+/// the size of its values.
 #[derive(Debug)]
 pub struct Replies {
     inner: Mutex<Inner>,
@@ -83,17 +93,35 @@ pub struct Replies {
     max_bytes: usize,
 }
 
+/// The estimate never falls below this.
+const MIN_ESTIMATE: usize = 64;
+
 impl Replies {
     pub fn new(limit: usize, max_bytes: usize) -> Arc<Replies> {
         Arc::new(Replies {
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                // Before any reply has come, half the budget each: two on their way at first,
+                // more as small replies bring the estimate down (it falls an eighth per reply).
+                estimate: (max_bytes / 2).max(MIN_ESTIMATE),
+                ..Inner::default()
+            }),
             limit: limit.max(1),
             max_bytes,
         })
     }
 
     fn full(&self, g: &Inner) -> bool {
-        g.entries.len() >= self.limit || g.held >= self.max_bytes
+        g.entries.len() >= self.limit || g.held.saturating_add(g.unfilled.saturating_mul(g.estimate)) >= self.max_bytes
+    }
+
+    /// The reader, if it waits for room and there is room now.
+    fn room_made(&self, g: &mut Inner) -> Option<Waker> {
+        if g.wants_room && !self.full(g) {
+            g.wants_room = false;
+            g.reader.take()
+        } else {
+            None
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -109,6 +137,11 @@ impl Replies {
         }
         let wake = g.entries.is_empty() && e.complete();
         g.held += e.held();
+        g.unfilled += match &e {
+            Entry::One(None) => 1,
+            Entry::Gather { left, .. } => *left,
+            _ => 0,
+        };
         let seq = g.head + g.entries.len() as u64;
         g.entries.push_back(e);
         let w = if wake { g.writer.take() } else { None };
@@ -184,12 +217,21 @@ impl Replies {
         let Some(slot) = slot else {
             return;
         };
+        let answered = reply.is_ok();
         *slot = Some(reply);
         g.held += len;
+        g.unfilled -= 1;
+        if answered {
+            g.estimate = len.max(g.estimate - g.estimate / 8).max(MIN_ESTIMATE);
+        }
         let e = &g.entries[i];
         let w = if i == 0 && e.complete() { g.writer.take() } else { None };
+        let reader = self.room_made(&mut g);
         drop(g);
         if let Some(w) = w {
+            w.wake();
+        }
+        if let Some(w) = reader {
             w.wake();
         }
     }
@@ -207,8 +249,10 @@ impl Replies {
             if g.gone {
                 Poll::Ready(false)
             } else if !self.full(&g) {
+                g.wants_room = false;
                 Poll::Ready(true)
             } else {
+                g.wants_room = true;
                 store(&mut g.reader, cx);
                 Poll::Pending
             }
@@ -276,7 +320,6 @@ impl Replies {
     /// Take the complete entries at the front: how many, and the reader to wake if that made
     /// room it was waiting for.
     fn take_locked(&self, g: &mut Inner, out: &mut Vec<Entry>) -> (usize, Option<Waker>) {
-        let was_full = self.full(g);
         let mut n = 0;
         while g.entries.front().is_some_and(Entry::complete) {
             if let Some(e) = g.entries.pop_front() {
@@ -286,7 +329,7 @@ impl Replies {
             g.head += 1;
             n += 1;
         }
-        let reader = if n > 0 && was_full { g.reader.take() } else { None };
+        let reader = if n > 0 { self.room_made(g) } else { None };
         (n, reader)
     }
 
@@ -407,13 +450,44 @@ mod tests {
 
     #[test]
     fn room_runs_out_while_unwritten_replies_hold_max_bytes() {
-        let q = Replies::new(100, 10);
+        let q = Replies::new(100, 1000);
         let a = q.expect_one().unwrap();
-        assert!(q.has_room());
-        a.send(Ok(Bytes::from_static(b"0123456789")));
-        assert!(!q.has_room(), "10 bytes held");
+        a.send(Ok(Bytes::from(vec![b'x'; 1000])));
+        assert!(!q.has_room(), "1000 bytes held");
         assert_eq!(take_now(&q).len(), 1);
         assert!(q.has_room(), "taken by the writer");
+    }
+
+    /// Reserve while there is room, answer each with `len` bytes, let the writer take them:
+    /// how many were in flight at once.
+    fn round(q: &Arc<Replies>, len: usize) -> usize {
+        let mut batch = Vec::new();
+        while q.has_room() {
+            batch.push(q.expect_one().unwrap());
+        }
+        let n = batch.len();
+        for r in batch {
+            r.send(Ok(Bytes::from(vec![b'v'; len])));
+        }
+        take_now(q);
+        n
+    }
+
+    #[test]
+    fn replies_on_their_way_count_at_the_size_of_recent_ones() {
+        let q = Replies::new(1024, 4 << 20);
+        // Before any reply has come, half the budget is assumed per reply.
+        assert_eq!(round(&q, 64 << 10), 2);
+        // 64 KB values: soon about budget / 64 KB in flight, however many the client sends.
+        let n: Vec<usize> = (0..40).map(|_| round(&q, 64 << 10)).collect();
+        assert!(n.iter().all(|&n| n <= 65), "{n:?}");
+        assert!((60..=65).contains(n.last().unwrap()), "{n:?}");
+        // 1 MB values: four.
+        let n: Vec<usize> = (0..10).map(|_| round(&q, 1 << 20)).collect();
+        assert!(n[1..].iter().all(|&n| n <= 4), "{n:?}");
+        // Small replies bring the estimate down again: pipelining resumes up to the slot limit.
+        let n: Vec<usize> = (0..30).map(|_| round(&q, 5)).collect();
+        assert_eq!(*n.last().unwrap(), 1024, "{n:?}");
     }
 
     #[test]

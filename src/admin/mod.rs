@@ -168,6 +168,7 @@ impl Status {
                     "server_failure_limit": p.server_failure_limit,
                     "client_connections": p.client_connections,
                     "max_request_bytes": p.max_request_bytes,
+                    "max_reply_bytes": p.max_reply_bytes,
                     "servers": p.servers.iter().map(|s| json!({
                         "addr": s.addr.to_string(), "weight": s.weight, "name": s.name,
                     })).collect::<Vec<_>>(),

@@ -117,6 +117,9 @@ pub struct PoolConfig {
     pub reuseport: bool,
     /// Largest request accepted (line plus data), checked when the header is read (legate).
     pub max_request_bytes: usize,
+    /// Largest reply accepted from a server, checked at the header that declares it (legate);
+    /// a larger one closes that server connection.
+    pub max_reply_bytes: usize,
     /// Close a client with nothing outstanding after this long without a request (legate);
     /// `None`: never.
     pub client_idle_timeout: Option<Duration>,
@@ -186,6 +189,7 @@ const KEYS: &[&str] = &[
     "servers",
     "protocol",
     "max_request_bytes",
+    "max_reply_bytes",
     "client_idle_timeout",
     "tls",
     "listen_tls",
@@ -496,6 +500,7 @@ fn parse_pool(name: &str, v: Value) -> Result<PoolConfig, ConfigError> {
         server_retry_timeout: Duration::from_millis(num("server_retry_timeout", 30_000, 0)? as u64),
         server_failure_limit: num("server_failure_limit", 2, 1)? as u32,
         max_request_bytes: num("max_request_bytes", DEFAULT_MAX_REQUEST_BYTES as i64, 64)? as usize,
+        max_reply_bytes: num("max_reply_bytes", crate::protocol::DEFAULT_MAX_REPLY_BYTES as i64, 1024)? as usize,
         client_idle_timeout: match num("client_idle_timeout", 0, 0)? {
             0 => None,
             ms => Some(Duration::from_millis(ms as u64)),

@@ -25,6 +25,21 @@ pub enum Parse<T> {
 /// Largest value (memcache data block or Redis bulk string) accepted by default: 512 MB.
 pub const MAX_VALUE_BYTES: usize = 512 * 1024 * 1024;
 
+/// Largest server reply accepted by default (`max_reply_bytes`): a 512 MB value plus its lines.
+pub const DEFAULT_MAX_REPLY_BYTES: usize = MAX_VALUE_BYTES + 64 * 1024;
+
+/// A server reply that cannot be passed on: the stream is out of step or the reply is over the
+/// size limit. Either way the connection must be closed, and nothing of it reaches a client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyError {
+    /// Bytes no reply to this request could hold.
+    #[error("malformed reply: {0}")]
+    Malformed(&'static str),
+    /// A header declaring more than the limit, refused before its payload is buffered.
+    #[error("reply of at least {declared} bytes is over the limit of {limit}")]
+    TooLarge { declared: u64, limit: usize },
+}
+
 /// Longest request line (memcache command line, Redis inline command or RESP header).
 pub const MAX_LINE_BYTES: usize = 64 * 1024 - 1;
 

@@ -47,6 +47,10 @@ pub enum UpstreamError {
     Lost { server: String },
     #[error("request to {server} timed out")]
     Timeout { server: String },
+    /// The server sent what no request on the connection allows (or more than the size limit):
+    /// the connection was closed, and every request waiting on it gets this.
+    #[error("bad reply from {server} ({reason}); connection closed")]
+    BadReply { server: String, reason: String },
 }
 
 /// A server's reply (whole, as the server sent it) or why there is none.
@@ -169,6 +173,8 @@ struct Target {
     failure_limit: u32,
     retry_timeout: Duration,
     tls: Option<Arc<Connector>>,
+    /// Largest reply accepted, refused at its header (`max_reply_bytes`).
+    max_reply: usize,
 }
 
 fn target(pool: &PoolConfig, server: &ServerConfig, tls: &PoolTls) -> Target {
@@ -187,6 +193,7 @@ fn target(pool: &PoolConfig, server: &ServerConfig, tls: &PoolTls) -> Target {
         failure_limit: pool.server_failure_limit.max(1),
         retry_timeout: pool.server_retry_timeout,
         tls: tls.connector.clone(),
+        max_reply: pool.max_reply_bytes,
     }
 }
 
@@ -423,7 +430,9 @@ impl From<String> for ConnectFailure {
 
 /// Log, count (TLS apart from the rest) and feed a failed connect to ejection.
 fn connect_failed(health: &Health, label: &str, f: &ConnectFailure) {
-    tracing::warn!(server = %label, reason = %f.reason, "cannot connect");
+    if let Some(suppressed) = crate::log_limit::allow(&format!("connect {label} {}", f.reason)) {
+        tracing::warn!(server = %label, reason = %f.reason, suppressed, "cannot connect");
+    }
     let counter = if f.tls {
         &health.stats.tls_err
     } else {
@@ -560,7 +569,7 @@ async fn run_connection(t: Target, resp3: bool, health: Arc<Health>, jobs: Arc<Q
     let mut batch: Vec<Job> = Vec::with_capacity(BATCH);
     let mut first = preconnect;
     let mut backoff = BACKOFF_MIN;
-    // While backing off, requests fail at once with the last connect error.
+    // While backing off, requests fail at once with the last error.
     let mut down: Option<(Instant, UpstreamError)> = None;
     loop {
         if !first && rx.take(&mut batch, BATCH).await == 0 {
@@ -588,21 +597,26 @@ async fn run_connection(t: Target, resp3: bool, health: Arc<Health>, jobs: Arc<Q
             }
         };
         down = None;
-        backoff = BACKOFF_MIN;
+        let connected = Instant::now();
         tracing::debug!(server = %t.label, "connected");
         health.stats.server_connections.fetch_add(1, Ordering::Relaxed);
         let (rd, mut wr) = stream.into_split();
         let pending = Arc::new(Queue::new(usize::MAX));
+        let ended = Arc::new(std::sync::Mutex::new(None));
         let mut reader = tokio::spawn(read_replies(
             rd,
             pending.clone(),
-            t.label.clone(),
-            health.clone(),
-            t.timeout.is_some(),
+            Reading {
+                label: t.label.clone(),
+                health: health.clone(),
+                timeouts: t.timeout.is_some(),
+                max_reply: t.max_reply,
+                ended: ended.clone(),
+            },
         ));
-        let ended = write_requests(&mut wr, rx, &mut batch, &pending, t.timeout, &health.stats).await;
+        let finished = write_requests(&mut wr, rx, &mut batch, &pending, t.timeout, &health.stats).await;
         health.stats.server_connections.fetch_sub(1, Ordering::Relaxed);
-        if ended {
+        if finished {
             // The server left the topology: let the reader collect the replies still owed.
             pending.finish();
             if tokio::time::timeout(DRAIN, &mut reader).await.is_err() {
@@ -611,16 +625,44 @@ async fn run_connection(t: Target, resp3: bool, health: Arc<Health>, jobs: Arc<Q
             return;
         }
         // The reader ended (connection lost, bad reply, too many abandoned requests) or a write
-        // failed: whatever was in flight is answered "connection lost" as it is dropped.
-        reader.abort();
+        // failed: whatever was in flight is answered with why as it is dropped.
+        if !reader.is_finished() {
+            // A failed write: give the reader a moment to see the close and say why.
+            let _ = tokio::time::timeout(Duration::from_millis(100), &mut reader).await;
+            reader.abort();
+        }
         pending.close();
         health.failure();
-        health.stats.server_eof.fetch_add(1, Ordering::Relaxed);
-        let lost = UpstreamError::Lost {
-            server: t.label.clone(),
+        let end = ended
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or(ReadEnd::Closed { answered: false });
+        let err = match &end {
+            ReadEnd::Bad(e) => UpstreamError::BadReply {
+                server: t.label.clone(),
+                reason: e.clone(),
+            },
+            _ => UpstreamError::Lost {
+                server: t.label.clone(),
+            },
         };
-        fail_all(&mut batch, &lost);
-        tracing::warn!(server = %t.label, "connection lost; reconnecting on next request");
+        if !matches!(end, ReadEnd::Bad(_)) {
+            health.stats.server_eof.fetch_add(1, Ordering::Relaxed);
+        }
+        fail_all(&mut batch, &err);
+        // A connection that closed before answering anything (a server at maxclients, a port
+        // that is something else) is a failure to connect: the next attempt waits.
+        let answered = matches!(end, ReadEnd::Closed { answered: true }) || matches!(end, ReadEnd::Bad(_));
+        if answered || connected.elapsed() >= BACKOFF_MAX {
+            backoff = BACKOFF_MIN;
+        } else {
+            down = Some((Instant::now() + backoff, err));
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+        if let Some(suppressed) = crate::log_limit::allow(&format!("lost {}", t.label)) {
+            tracing::warn!(server = %t.label, suppressed, "connection lost; reconnecting on next request");
+        }
     }
 }
 
@@ -674,42 +716,96 @@ async fn write_requests<W: AsyncWrite + Unpin>(
     }
 }
 
-async fn read_replies<R: AsyncRead + Unpin>(
-    rd: R,
-    prx: Arc<Queue<Pending>>,
+/// What a connection's reader needs besides its socket and queue.
+struct Reading {
     label: String,
     health: Arc<Health>,
+    /// Requests have deadlines.
     timeouts: bool,
-) {
-    let mut queue: VecDeque<Pending> = VecDeque::new();
-    read_loop(rd, &prx, &label, health.clone(), &mut queue, timeouts).await;
-    // Whatever is still owed will not come: say which server was lost.
-    prx.take_now(&mut queue, usize::MAX);
-    prx.close();
-    for p in queue {
-        health.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if let Some(done) = p.done {
-            done.send(Err(UpstreamError::Lost { server: label.clone() }));
-        }
-    }
+    max_reply: usize,
+    /// How the reader ended, for the writer's side to act on.
+    ended: Arc<std::sync::Mutex<Option<ReadEnd>>>,
 }
 
-/// `timeouts`: requests have deadlines, so the reader must hear of each new one to arm its
-/// timer; otherwise it only needs to when it owes nothing (to notice the writer ending).
+/// Why a connection's reader stopped.
+#[derive(Debug, Clone)]
+enum ReadEnd {
+    /// The server closed (or the socket failed); `answered`: it had sent a reply first.
+    Closed { answered: bool },
+    /// The server sent what no request allows, or a reply over the size limit: the stream is
+    /// out of step and nothing more of it can be trusted.
+    Bad(String),
+    /// Timed-out requests piled up, or a timed-out request's reply kept streaming.
+    Abandoned,
+    /// The writer is done and every reply owed has come.
+    Done,
+}
+
+/// Requests that timed out but whose replies have not arrived yet are read and dropped; a
+/// timed-out request's reply is not buffered beyond this: the connection is closed instead
+/// (as nutcracker closes it at the timeout), so memory held for it is released at once.
+const ABANDONED_REPLY_BYTES: usize = 64 * 1024;
+/// Largest read-buffer growth at once while a long reply arrives.
+const MAX_RESERVE: usize = 4 * 1024 * 1024;
+
+async fn read_replies<R: AsyncRead + Unpin>(rd: R, prx: Arc<Queue<Pending>>, r: Reading) {
+    let mut queue: VecDeque<Pending> = VecDeque::new();
+    let end = read_loop(rd, &prx, &r, &mut queue).await;
+    // Whatever is still owed will not come: say which server failed, and how.
+    prx.take_now(&mut queue, usize::MAX);
+    prx.close();
+    let err = match &end {
+        ReadEnd::Bad(reason) => UpstreamError::BadReply {
+            server: r.label.clone(),
+            reason: reason.clone(),
+        },
+        _ => UpstreamError::Lost {
+            server: r.label.clone(),
+        },
+    };
+    for p in queue {
+        r.health.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(done) = p.done {
+            done.send(Err(err.clone()));
+        }
+    }
+    *r.ended.lock().unwrap_or_else(|e| e.into_inner()) = Some(end);
+}
+
+/// The first line of `buf`, printable and short, for a log line.
+fn first_line(buf: &[u8]) -> String {
+    let line = buf.split(|&c| c == b'\n').next().unwrap_or_default();
+    let line = &line[..line.len().min(80)];
+    line.trim_ascii_end().escape_ascii().to_string()
+}
+
+/// Log (rate-limited) and count a reply that cannot be passed on.
+fn bad_reply(r: &Reading, reason: &str, buf: &[u8], too_large: bool) -> ReadEnd {
+    let st = &r.health.stats;
+    let counter = if too_large { &st.reply_too_large } else { &st.bad_reply };
+    counter.fetch_add(1, Ordering::Relaxed);
+    if let Some(suppressed) = crate::log_limit::allow(&format!("bad reply {} {reason}", r.label)) {
+        tracing::warn!(server = %r.label, %reason, start = %first_line(buf), suppressed, "bad reply; closing the connection");
+    }
+    ReadEnd::Bad(reason.to_string())
+}
+
+/// Frame replies and complete the requests they answer, in order, until the connection must
+/// end. Only whole replies that fit their requests are passed on.
 async fn read_loop<R: AsyncRead + Unpin>(
     mut rd: R,
     prx: &Queue<Pending>,
-    label: &str,
-    health: Arc<Health>,
+    r: &Reading,
     queue: &mut VecDeque<Pending>,
-    timeouts: bool,
-) {
+) -> ReadEnd {
+    let (label, health) = (r.label.as_str(), &r.health);
     let mut buf = BytesMut::with_capacity(16 * 1024);
     // The first `expired` entries of the queue timed out (deadlines only grow along the queue).
     let mut expired = 0usize;
     let mut writer_open = true;
-    let mut mscan = memcache::ReplyScan::default();
-    let mut rscan = redis::ReplyScan::default();
+    let mut answered = false;
+    let mut mscan = memcache::ReplyScan::with_limit(r.max_reply);
+    let mut rscan = redis::ReplyScan::with_limit(r.max_reply);
     loop {
         if writer_open {
             prx.take_now(queue, usize::MAX);
@@ -720,16 +816,16 @@ async fn read_loop<R: AsyncRead + Unpin>(
         // Frame every complete reply in the buffer.
         while !buf.is_empty() {
             let Some(front) = queue.front() else {
-                if writer_open {
-                    break; // its request's entry is on the way
-                }
-                tracing::warn!(server = %label, "reply without a request; closing the connection");
-                return;
+                // Every request's entry is queued before the request is written, so these
+                // bytes answer nothing.
+                return bad_reply(r, "reply without a request", &buf, false);
             };
             let scanned = match front.framing {
-                Framing::Memcache(kind) => memcache::scan_reply(&buf, kind, &mut mscan).map_err(|e| e.to_string()),
-                Framing::Redis => redis::scan_reply(&buf, &mut rscan).map_err(|e| e.to_string()),
-                Framing::None => Err("reply to a request that expects none".into()),
+                Framing::Memcache(kind) => memcache::scan_reply(&buf, kind, &mut mscan),
+                Framing::Redis => redis::scan_reply(&buf, &mut rscan),
+                Framing::None => Err(crate::protocol::ReplyError::Malformed(
+                    "reply to a request that expects none",
+                )),
             };
             match scanned {
                 Ok(Some(n)) => {
@@ -740,6 +836,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         // Drop the MN that answers the mn legate appended.
                         reply.truncate(reply.len().saturating_sub(4));
                     }
+                    answered = true;
                     health.success();
                     let st = &health.stats;
                     st.responses.fetch_add(1, Ordering::Relaxed);
@@ -751,24 +848,40 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     }
                 }
                 Ok(None) => break,
-                Err(reason) => {
-                    tracing::warn!(server = %label, %reason, "bad reply; closing the connection");
-                    return;
+                Err(e) => {
+                    let too_large = matches!(e, crate::protocol::ReplyError::TooLarge { .. });
+                    return bad_reply(r, &e.to_string(), &buf, too_large);
                 }
             }
         }
         if !writer_open && queue.is_empty() {
-            return;
+            return ReadEnd::Done;
         }
-        let deadline = queue.get(expired).and_then(|p| p.deadline);
-        if buf.capacity() - buf.len() < 8 * 1024 {
+        if expired > 0 && buf.len() > ABANDONED_REPLY_BYTES {
+            return abandoned(label, "a timed-out request's reply is still arriving");
+        }
+        // Room for the rest of the reply when its header said how long it is, so a long reply
+        // lands in one allocation of its own.
+        let need = match queue.front().map(|p| p.framing) {
+            Some(Framing::Memcache(_)) => mscan.needs(),
+            Some(Framing::Redis) => rscan.needs(),
+            _ => 0,
+        };
+        let spare = buf.capacity() - buf.len();
+        if need > buf.len() {
+            let more = (need - buf.len()).min(MAX_RESERVE);
+            if spare < more {
+                buf.reserve(more);
+            }
+        } else if spare < 8 * 1024 {
             buf.reserve(64 * 1024);
         }
-        let listen = writer_open && (queue.is_empty() || (timeouts && deadline.is_none()));
+        let deadline = queue.get(expired).and_then(|p| p.deadline);
+        let listen = writer_open && (queue.is_empty() || (r.timeouts && deadline.is_none()));
         tokio::select! {
             n = prx.take(queue, usize::MAX), if listen => if n == 0 { writer_open = false },
-            r = rd.read_buf(&mut buf) => match r {
-                Ok(0) | Err(_) => return,
+            got = rd.read_buf(&mut buf) => match got {
+                Ok(0) | Err(_) => return ReadEnd::Closed { answered },
                 Ok(_) => {}
             },
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {
@@ -786,12 +899,21 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 }
                 health.failure();
                 if expired > MAX_ABANDONED {
-                    tracing::warn!(server = %label, "too many requests timed out; reopening the connection");
-                    return;
+                    return abandoned(label, "too many requests timed out");
+                }
+                if buf.len() > ABANDONED_REPLY_BYTES {
+                    return abandoned(label, "a timed-out request's reply is still arriving");
                 }
             },
         }
     }
+}
+
+fn abandoned(label: &str, why: &str) -> ReadEnd {
+    if let Some(suppressed) = crate::log_limit::allow(&format!("abandoned {label} {why}")) {
+        tracing::warn!(server = %label, suppressed, "{why}; reopening the connection");
+    }
+    ReadEnd::Abandoned
 }
 
 /// Write every buffer in `out`, many per system call.

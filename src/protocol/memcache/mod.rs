@@ -83,14 +83,10 @@ impl Request {
     pub fn reply_kind(&self) -> ReplyKind {
         if self.noreply {
             ReplyKind::None
-        } else if self.command.is_retrieval() {
-            ReplyKind::Values
         } else if self.quiet {
             ReplyKind::MetaQuiet
-        } else if self.command.is_meta() {
-            ReplyKind::Meta
         } else {
-            ReplyKind::Line
+            self.command.reply_kind()
         }
     }
 }
@@ -361,110 +357,262 @@ pub fn parse_request(buf: &[u8]) -> Result<Parse<Request>, RequestError> {
             }
             req.noreply = noreply_at(n - 1);
         }
+        // memcached answers `quit` with arguments as an unknown command.
+        Command::Quit if n > 1 => return Err(bad(ERROR, line_len)),
         Command::MetaNoop | Command::Version | Command::Quit | Command::Stats => {}
     }
     Ok(Parse::Complete(req))
 }
 
-/// How a server's reply to a request ends.
+/// How a server's reply to a request ends, and which reply lines the request allows.
+///
+/// Every kind also admits memcached's error lines (`ERROR`, `CLIENT_ERROR …`, `SERVER_ERROR …`).
+/// Anything else means the stream is out of step with the requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplyKind {
     /// No reply (classic `noreply`).
     None,
-    /// One line: STORED, DELETED, a number, OK, an error, ...
+    /// One line of any known reply (when the request's command says no more).
     Line,
+    /// Storage commands: STORED, NOT_STORED, EXISTS or NOT_FOUND.
+    Storage,
+    /// incr/decr: the new value or NOT_FOUND.
+    Arithmetic,
+    /// delete: DELETED or NOT_FOUND.
+    Delete,
+    /// touch: TOUCHED or NOT_FOUND.
+    Touch,
+    /// flush_all, verbosity: OK.
+    Ok,
+    /// version: `VERSION <text>`.
+    Version,
     /// Zero or more VALUE blocks, then END (or one error line).
     Values,
-    /// One meta reply: a line, plus a data block after `VA <size>`.
+    /// One meta reply (HD, NS, EX, NF, EN, ME, or VA with its data block).
     Meta,
     /// A quiet meta request followed by the `mn` legate appends: meta replies up to and
     /// including `MN`.
     MetaQuiet,
 }
 
-/// A server reply that cannot be framed: the connection must be closed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("malformed memcache reply: {0}")]
-pub struct ReplyError(pub &'static str);
+impl Command {
+    /// The reply kind of this command when it expects a reply and is not quiet.
+    fn reply_kind(self) -> ReplyKind {
+        match self {
+            Command::Get | Command::Gets | Command::Gat | Command::Gats => ReplyKind::Values,
+            Command::Set | Command::Add | Command::Replace | Command::Append | Command::Prepend | Command::Cas => {
+                ReplyKind::Storage
+            }
+            Command::Incr | Command::Decr => ReplyKind::Arithmetic,
+            Command::Delete => ReplyKind::Delete,
+            Command::Touch => ReplyKind::Touch,
+            Command::Verbosity | Command::FlushAll => ReplyKind::Ok,
+            Command::Version => ReplyKind::Version,
+            c if c.is_meta() => ReplyKind::Meta,
+            _ => ReplyKind::Line,
+        }
+    }
+}
 
-/// Resume point of a partly received reply, so a large multi-get is not re-scanned per read.
-#[derive(Debug, Default, Clone)]
+pub use super::ReplyError;
+
+/// Resume point of a partly received reply, so a large multi-get is not re-scanned per read;
+/// and the largest reply accepted.
+#[derive(Debug, Clone)]
 pub struct ReplyScan {
     pos: usize,
+    need: usize,
+    limit: usize,
+}
+
+impl Default for ReplyScan {
+    fn default() -> Self {
+        ReplyScan::with_limit(super::DEFAULT_MAX_REPLY_BYTES)
+    }
 }
 
 impl ReplyScan {
+    /// A scanner refusing replies over `limit` bytes (at the header that declares them).
+    pub fn with_limit(limit: usize) -> Self {
+        ReplyScan { pos: 0, need: 0, limit }
+    }
+
     /// Forget progress: the next reply starts at the front of the buffer.
     pub fn reset(&mut self) {
         self.pos = 0;
+        self.need = 0;
+    }
+
+    /// After an incomplete scan: how many bytes the buffer must hold before the reply can be
+    /// complete, when a header said so (0 when only a line is awaited).
+    pub fn needs(&self) -> usize {
+        self.need
     }
 }
 
 fn is_error_line(line: &[u8]) -> bool {
-    line.starts_with(b"ERROR") || line.starts_with(b"CLIENT_ERROR") || line.starts_with(b"SERVER_ERROR")
+    line == b"ERROR"
+        || line.starts_with(b"ERROR ")
+        || line.starts_with(b"CLIENT_ERROR ")
+        || line.starts_with(b"SERVER_ERROR ")
 }
 
-/// The `<bytes>` field of a `VALUE <key> <flags> <bytes> [cas]` line, or of `VA <size> ...`.
-fn value_len(line: &[u8], field: usize) -> Option<usize> {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let t = line.split(|&c| c == b' ').filter(|t| !t.is_empty()).nth(field)?;
-    parse_u64(t).map(|v| v as usize)
+fn is_number(line: &[u8]) -> bool {
+    parse_u64(line).is_some()
+}
+
+/// A line one of the single-line kinds admits.
+fn line_fits(kind: ReplyKind, line: &[u8]) -> bool {
+    if is_error_line(line) {
+        return true;
+    }
+    match kind {
+        ReplyKind::Storage => matches!(line, b"STORED" | b"NOT_STORED" | b"EXISTS" | b"NOT_FOUND"),
+        ReplyKind::Arithmetic => line == b"NOT_FOUND" || is_number(line),
+        ReplyKind::Delete => matches!(line, b"DELETED" | b"NOT_FOUND"),
+        ReplyKind::Touch => matches!(line, b"TOUCHED" | b"NOT_FOUND"),
+        ReplyKind::Ok => line == b"OK",
+        ReplyKind::Version => line.starts_with(b"VERSION "),
+        _ => {
+            matches!(
+                line,
+                b"STORED" | b"NOT_STORED" | b"EXISTS" | b"NOT_FOUND" | b"DELETED" | b"TOUCHED" | b"OK"
+            ) || is_number(line)
+                || line.starts_with(b"VERSION ")
+        }
+    }
+}
+
+/// The `<bytes>` of a `VALUE <key> <flags> <bytes> [<cas>]` line, checked field by field.
+fn value_line(line: &[u8]) -> Option<u64> {
+    let mut t = line.split(|&c| c == b' ');
+    let (_, key, flags, bytes) = (t.next()?, t.next()?, t.next()?, t.next()?);
+    let cas = t.next();
+    let key_ok = !key.is_empty() && key.len() <= MAX_KEY_BYTES && key.iter().all(|&c| c > b' ' && c != 0x7f);
+    let ok = key_ok
+        && parse_u64(flags).is_some_and(|f| f <= u32::MAX as u64)
+        && cas.is_none_or(|c| parse_u64(c).is_some())
+        && t.next().is_none();
+    ok.then(|| parse_u64(bytes)).flatten()
+}
+
+/// The size of a `VA <size> <flags>*` line, or `None` when the line is not a meta reply. `Some(None)`:
+/// a meta reply without a data block.
+fn meta_line(line: &[u8]) -> Option<Option<u64>> {
+    let mut t = line.split(|&c| c == b' ');
+    let code = t.next()?;
+    let size = match code {
+        b"VA" => Some(parse_u64(t.next()?)?),
+        b"HD" | b"NS" | b"EX" | b"NF" | b"EN" => None,
+        // The debug reply: `ME <key> <name>=<value>*`.
+        b"ME" => return t.next().is_some_and(|k| !k.is_empty()).then_some(None),
+        _ => return None,
+    };
+    // Flags: a letter, then its token.
+    t.all(|f| f.first().is_some_and(u8::is_ascii_alphabetic))
+        .then_some(size)
 }
 
 /// Find the end of the reply at the front of `buf`. Returns the reply's length when complete.
 ///
 /// # Errors
-/// The bytes cannot be a reply of this kind.
+/// The bytes cannot be a reply to a request of this kind ([`ReplyError::Malformed`]), or a
+/// header declares more than the scanner's limit ([`ReplyError::TooLarge`]).
 pub fn scan_reply(buf: &[u8], kind: ReplyKind, scan: &mut ReplyScan) -> Result<Option<usize>, ReplyError> {
     loop {
         let at = scan.pos;
         let Some(lf) = find_lf(&buf[at..]) else {
             if buf.len() - at > MAX_LINE_BYTES {
-                return Err(ReplyError("line too long"));
+                return Err(ReplyError::Malformed("line too long"));
             }
+            scan.need = 0;
             return Ok(None);
         };
-        let line = &buf[at..at + lf];
+        if lf == 0 || buf[at + lf - 1] != b'\r' {
+            return Err(ReplyError::Malformed("line not terminated by CRLF"));
+        }
+        let line = &buf[at..at + lf - 1];
         let after_line = at + lf + 1;
-        match kind {
-            ReplyKind::None => return Err(ReplyError("reply to a noreply request")),
-            ReplyKind::Line => {
-                scan.pos = 0;
-                return Ok(Some(after_line));
+        if after_line > scan.limit {
+            return Err(ReplyError::TooLarge {
+                declared: after_line as u64,
+                limit: scan.limit,
+            });
+        }
+        // A data block of `n` bytes and its CRLF after the line; its end when complete.
+        let block = |n: u64, scan: &mut ReplyScan| -> Result<Option<usize>, ReplyError> {
+            let end = (after_line as u64).saturating_add(n).saturating_add(2);
+            if end > scan.limit as u64 {
+                return Err(ReplyError::TooLarge {
+                    declared: end,
+                    limit: scan.limit,
+                });
             }
+            let end = end as usize;
+            if buf.len() < end {
+                scan.need = end;
+                return Ok(None);
+            }
+            if &buf[end - 2..end] != b"\r\n" {
+                return Err(ReplyError::Malformed("data block not terminated by CRLF"));
+            }
+            Ok(Some(end))
+        };
+        match kind {
+            ReplyKind::None => return Err(ReplyError::Malformed("reply to a noreply request")),
             ReplyKind::Values => {
                 if line.starts_with(b"VALUE ") {
-                    let n = value_len(line, 3).ok_or(ReplyError("bad VALUE line"))?;
-                    let end = after_line + n + 2;
-                    if buf.len() < end {
-                        return Ok(None);
+                    let n = value_line(line).ok_or(ReplyError::Malformed("bad VALUE line"))?;
+                    match block(n, scan)? {
+                        Some(end) => scan.pos = end,
+                        None => return Ok(None),
                     }
-                    scan.pos = end;
                     continue;
                 }
-                if line.starts_with(b"END") || is_error_line(line) {
-                    scan.pos = 0;
+                if line == b"END" || is_error_line(line) {
+                    scan.reset();
                     return Ok(Some(after_line));
                 }
-                return Err(ReplyError("expected VALUE or END"));
+                return Err(ReplyError::Malformed("expected VALUE or END"));
             }
             ReplyKind::Meta | ReplyKind::MetaQuiet => {
-                let mut end = after_line;
-                if line.starts_with(b"VA ") {
-                    let n = value_len(line, 1).ok_or(ReplyError("bad VA line"))?;
-                    end = after_line + n + 2;
-                    if buf.len() < end {
-                        return Ok(None);
-                    }
+                if kind == ReplyKind::MetaQuiet && line == b"MN" {
+                    scan.reset();
+                    return Ok(Some(after_line));
                 }
-                if kind == ReplyKind::Meta || line.starts_with(b"MN") {
-                    scan.pos = 0;
+                let end = if is_error_line(line) {
+                    after_line
+                } else {
+                    match meta_line(line).ok_or(ReplyError::Malformed("expected a meta reply"))? {
+                        None => after_line,
+                        Some(n) => match block(n, scan)? {
+                            Some(end) => end,
+                            None => return Ok(None),
+                        },
+                    }
+                };
+                if kind == ReplyKind::Meta {
+                    scan.reset();
                     return Ok(Some(end));
                 }
                 scan.pos = end;
             }
+            single => {
+                if !line_fits(single, line) {
+                    return Err(ReplyError::Malformed("not a reply this request allows"));
+                }
+                scan.reset();
+                return Ok(Some(after_line));
+            }
         }
     }
+}
+
+/// The `<bytes>` field of a `VALUE <key> <flags> <bytes> [cas]` line.
+fn value_len(line: &[u8], field: usize) -> Option<usize> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let t = line.split(|&c| c == b' ').filter(|t| !t.is_empty()).nth(field)?;
+    parse_u64(t).map(|v| v as usize)
 }
 
 /// One VALUE block of a retrieval reply: its key and the whole block's byte range.
@@ -575,5 +723,121 @@ mod tests {
         assert_eq!(scan_reply(b"EN\r\nMN\r\n", ReplyKind::MetaQuiet, &mut s), Ok(Some(8)));
         assert_eq!(scan_reply(b"MN\r\n", ReplyKind::MetaQuiet, &mut s), Ok(Some(4)));
         assert!(scan_reply(b"HUH\r\n", ReplyKind::Values, &mut s).is_err());
+    }
+
+    #[test]
+    fn each_request_admits_only_its_own_reply_lines() {
+        let kind = |line: &str| ok(line.as_bytes()).reply_kind();
+        let cases: [(ReplyKind, &[&str], &[&str]); 7] = [
+            (
+                kind("set k 0 0 1\r\nx\r\n"),
+                &["STORED", "NOT_STORED", "EXISTS", "NOT_FOUND"],
+                &["DELETED", "12", "END", "OK", "NOISE", "STORED "],
+            ),
+            (kind("incr k 1\r\n"), &["12", "NOT_FOUND"], &["STORED", "-1", "1 2"]),
+            (kind("delete k\r\n"), &["DELETED", "NOT_FOUND"], &["STORED", "TOUCHED"]),
+            (kind("touch k 1\r\n"), &["TOUCHED", "NOT_FOUND"], &["DELETED"]),
+            (kind("flush_all\r\n"), &["OK"], &["STORED"]),
+            (kind("version\r\n"), &["VERSION 1.6.21"], &["OK"]),
+            (
+                ReplyKind::Line,
+                &["STORED", "7", "VERSION x", "OK"],
+                &["NOISE", "VALUE"],
+            ),
+        ];
+        for (kind, good, bad) in cases {
+            for line in good
+                .iter()
+                .chain(&["ERROR", "CLIENT_ERROR bad", "SERVER_ERROR out of memory"])
+            {
+                let r = format!("{line}\r\n");
+                assert_eq!(
+                    scan_reply(r.as_bytes(), kind, &mut ReplyScan::default()),
+                    Ok(Some(r.len())),
+                    "{kind:?} {line}"
+                );
+            }
+            for line in bad {
+                let r = format!("{line}\r\n");
+                assert!(
+                    scan_reply(r.as_bytes(), kind, &mut ReplyScan::default()).is_err(),
+                    "{kind:?} admitted {line:?}"
+                );
+            }
+        }
+        // The garbage and the extra line of the issue: refused, never framed as a reply.
+        let mut s = ReplyScan::default();
+        assert!(scan_reply(b"NOISE\r\nSTORED\r\n", ReplyKind::Storage, &mut s).is_err());
+        assert!(scan_reply(b"\x00\xff garbage\r\n", ReplyKind::Storage, &mut s).is_err());
+        assert!(scan_reply(b"STORED\n", ReplyKind::Storage, &mut s).is_err());
+    }
+
+    #[test]
+    fn values_and_meta_replies_are_checked_field_by_field() {
+        let bad_values: [&[u8]; 5] = [
+            b"VALUE k 0 5\r\nhelloXXEND\r\n",
+            b"VALUE k x 5\r\nhello\r\nEND\r\n",
+            b"VALUE k 0 5 1 2\r\nhello\r\nEND\r\n",
+            b"VALUE k 0 1\r\nx\r\nSTORED\r\n",
+            b"VALUE  0 1\r\nx\r\nEND\r\n",
+        ];
+        for r in bad_values {
+            assert!(
+                scan_reply(r, ReplyKind::Values, &mut ReplyScan::default()).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(r)
+            );
+        }
+        let gets = b"VALUE k 0 1 99\r\nx\r\nEND\r\n";
+        assert_eq!(
+            scan_reply(gets, ReplyKind::Values, &mut ReplyScan::default()),
+            Ok(Some(gets.len()))
+        );
+        for good in [
+            &b"HD\r\n"[..],
+            b"HD c5 t-1\r\n",
+            b"NS\r\n",
+            b"EX\r\n",
+            b"NF\r\n",
+            b"EN\r\n",
+            b"ME k exp=-1 la=1\r\n",
+        ] {
+            assert_eq!(
+                scan_reply(good, ReplyKind::Meta, &mut ReplyScan::default()),
+                Ok(Some(good.len()))
+            );
+        }
+        for bad in [&b"MN\r\n"[..], b"XX\r\n", b"HD 5\r\n", b"VA x\r\n", b"VA 2\r\nhiXX"] {
+            assert!(scan_reply(bad, ReplyKind::Meta, &mut ReplyScan::default()).is_err());
+        }
+        assert!(scan_reply(b"STORED\r\nMN\r\n", ReplyKind::MetaQuiet, &mut ReplyScan::default()).is_err());
+    }
+
+    #[test]
+    fn a_value_over_the_limit_is_refused_at_its_header() {
+        for (kind, r) in [
+            (ReplyKind::Values, &b"VALUE k 0 999999999999\r\n"[..]),
+            (ReplyKind::Meta, b"VA 999999999999 f\r\n"),
+        ] {
+            assert!(matches!(
+                scan_reply(r, kind, &mut ReplyScan::default()),
+                Err(ReplyError::TooLarge { .. })
+            ));
+        }
+        // The limit counts the whole reply: the second value of a multi-get passes it.
+        let mut s = ReplyScan::with_limit(40);
+        assert!(matches!(
+            scan_reply(b"VALUE a 0 5\r\nhello\r\nVALUE b 0 10\r\n", ReplyKind::Values, &mut s),
+            Err(ReplyError::TooLarge { .. })
+        ));
+        let mut s = ReplyScan::default();
+        assert_eq!(scan_reply(b"VALUE a 0 100\r\nabc", ReplyKind::Values, &mut s), Ok(None));
+        assert_eq!(s.needs(), 117);
+    }
+
+    #[test]
+    fn quit_with_arguments_is_an_unknown_command() {
+        assert_eq!(ok(b"quit\r\n").command, Command::Quit);
+        assert_eq!(parse_request(b"quit foo bar\r\n").unwrap_err().reply, ERROR);
     }
 }

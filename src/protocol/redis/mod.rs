@@ -1,7 +1,9 @@
-//! Redis RESP2 and inline commands: request parser, reply scanner and the command table.
+//! Redis RESP2 and inline commands: request parser, reply scanner (RESP2 and RESP3) and the
+//! command table.
 //!
 //! Requests parse into argument offsets into the caller's buffer. Replies are scanned with a
-//! resumable state (no recursion, so nesting depth costs no stack) to find where each ends.
+//! resumable state (an explicit stack, so nesting depth costs no call stack and has no limit
+//! but the reply's size) to find where each ends.
 
 mod command;
 
@@ -13,9 +15,6 @@ use std::ops::Range;
 
 /// Most arguments one request may carry (Redis's own multibulk limit).
 pub const MAX_ARGS: usize = 1024 * 1024;
-
-/// Deepest array nesting accepted in a server reply.
-pub const MAX_REPLY_DEPTH: usize = 512;
 
 /// A parsed request: argument offsets into the bytes it was parsed from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,95 +189,183 @@ pub fn put_decimal(out: &mut bytes::BytesMut, v: i64) {
     out.extend_from_slice(b.format(v).as_bytes());
 }
 
-/// A server reply that cannot be framed: the connection must be closed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("malformed redis reply: {0}")]
-pub struct ReplyError(pub &'static str);
+pub use super::ReplyError;
 
-/// Resume point of a partly received reply: the offset after the last complete element and
-/// the elements still owed by each open array.
-#[derive(Debug, Default, Clone)]
+/// Marks an open attribute (`|`) on the scanner's stack: it is not an element of its parent.
+const ATTRIBUTE: u32 = 1 << 31;
+
+/// Resume point of a partly received reply: the offset after the last complete element, the
+/// elements still owed by each open aggregate, and the largest reply accepted.
+///
+/// The stack is explicit, so any depth a server sends costs no call stack; every level takes
+/// at least four bytes of the reply, so the stack is bounded by the reply's size limit.
+#[derive(Debug, Clone)]
 pub struct ReplyScan {
     pos: usize,
-    open: Vec<i64>,
+    open: Vec<u32>,
+    need: usize,
+    limit: usize,
 }
 
-impl ReplyScan {
-    /// Forget progress: the next reply starts at the front of the buffer.
-    pub fn reset(&mut self) {
-        self.pos = 0;
-        self.open.clear();
+impl Default for ReplyScan {
+    fn default() -> Self {
+        ReplyScan::with_limit(super::DEFAULT_MAX_REPLY_BYTES)
     }
 }
 
-/// Find the end of the reply at the front of `buf`. Returns its length when complete.
+impl ReplyScan {
+    /// A scanner refusing replies over `limit` bytes (at the header that declares them).
+    pub fn with_limit(limit: usize) -> Self {
+        ReplyScan {
+            pos: 0,
+            open: Vec::new(),
+            need: 0,
+            limit,
+        }
+    }
+
+    /// Forget progress: the next reply starts at the front of the buffer.
+    pub fn reset(&mut self) {
+        self.pos = 0;
+        self.need = 0;
+        self.open.clear();
+    }
+
+    /// After an incomplete scan: how many bytes the buffer must hold before the reply can be
+    /// complete, when a header said so (0 when only a line is awaited).
+    pub fn needs(&self) -> usize {
+        self.need
+    }
+}
+
+fn too_large(declared: u64, limit: usize) -> ReplyError {
+    ReplyError::TooLarge { declared, limit }
+}
+
+/// A RESP3 double: digits, sign, point, exponent, or inf/-inf/nan.
+fn is_double(s: &[u8]) -> bool {
+    !s.is_empty() && s.iter().all(|c| c.is_ascii_digit() || b"+-.eEinfa".contains(c))
+}
+
+/// Find the end of the reply at the front of `buf` (RESP2 and RESP3). Returns its length when
+/// complete. An attribute (`|`) is part of the reply it precedes; a push (`>`) is framed like
+/// any other reply.
 ///
 /// # Errors
-/// An unknown type byte, a bad length, or nesting over [`MAX_REPLY_DEPTH`].
+/// An unknown type byte, a bad length or line ([`ReplyError::Malformed`]); a bulk length or
+/// element count that cannot fit in the scanner's limit ([`ReplyError::TooLarge`]), refused
+/// at its header.
 pub fn scan_reply(buf: &[u8], scan: &mut ReplyScan) -> Result<Option<usize>, ReplyError> {
+    use ReplyError::Malformed;
     loop {
         let at = scan.pos;
+        scan.need = 0;
         if at >= buf.len() {
             return Ok(None);
         }
         let Some(lf) = find_lf(&buf[at..]) else {
             if buf.len() - at > MAX_LINE_BYTES {
-                return Err(ReplyError("line too long"));
+                return Err(Malformed("line too long"));
             }
             return Ok(None);
         };
         let lf = at + lf;
+        if lf < at + 2 || buf[lf - 1] != b'\r' {
+            return Err(Malformed("line not terminated by CRLF"));
+        }
+        let body = &buf[at + 1..lf - 1];
         let after = lf + 1;
-        let int = || -> Result<i64, ReplyError> {
-            let end = if buf[lf - 1] == b'\r' { lf - 1 } else { lf };
-            parse_i64(&buf[at + 1..end]).ok_or(ReplyError("bad length"))
-        };
-        let element_end = match buf[at] {
-            b'+' | b'-' | b':' => after,
-            b'$' => {
-                let n = int()?;
-                if n < 0 {
-                    after
+        if after > scan.limit {
+            return Err(too_large(after as u64, scan.limit));
+        }
+        let kind = buf[at];
+        let element_end = match kind {
+            b'+' | b'-' => after,
+            b':' => parse_i64(body).map(|_| after).ok_or(Malformed("bad integer"))?,
+            b'_' if body.is_empty() => after,
+            b'#' if body == b"t" || body == b"f" => after,
+            b',' if is_double(body) => after,
+            b'(' if big_number(body) => after,
+            b'$' | b'=' | b'!' => {
+                let n = parse_i64(body).ok_or(Malformed("bad length"))?;
+                if n == -1 && kind == b'$' {
+                    after // RESP2 null
+                } else if n < 0 {
+                    return Err(Malformed("bad length"));
                 } else {
-                    let end = after + n as usize + 2;
+                    let end = (after as u64).saturating_add(n as u64 + 2);
+                    if end > scan.limit as u64 {
+                        return Err(too_large(end, scan.limit));
+                    }
+                    let end = end as usize;
                     if buf.len() < end {
+                        scan.need = end;
                         return Ok(None);
+                    }
+                    if &buf[end - 2..end] != b"\r\n" {
+                        return Err(Malformed("bulk string not terminated by CRLF"));
+                    }
+                    if kind == b'=' && (n < 4 || buf[after + 3] != b':') {
+                        return Err(Malformed("verbatim string without its format"));
                     }
                     end
                 }
             }
-            b'*' => {
-                let n = int()?;
-                if n > 0 {
-                    if scan.open.len() >= MAX_REPLY_DEPTH {
-                        return Err(ReplyError("nesting too deep"));
+            b'*' | b'~' | b'>' | b'%' | b'|' => {
+                let n = parse_i64(body).ok_or(Malformed("bad length"))?;
+                if n == -1 && kind == b'*' {
+                    after // RESP2 null array
+                } else if n < 0 {
+                    return Err(Malformed("bad length"));
+                } else {
+                    let elements = if kind == b'%' || kind == b'|' {
+                        n as u64 * 2
+                    } else {
+                        n as u64
+                    };
+                    // Each element takes at least three bytes ("_\r\n").
+                    let least = (after as u64).saturating_add(elements.saturating_mul(3));
+                    if least > scan.limit as u64 || elements >= ATTRIBUTE as u64 {
+                        return Err(too_large(least, scan.limit));
                     }
-                    scan.open.push(n);
+                    let attribute = if kind == b'|' { ATTRIBUTE } else { 0 };
                     scan.pos = after;
-                    continue;
+                    if elements > 0 {
+                        scan.open.push(elements as u32 | attribute);
+                        continue;
+                    }
+                    if attribute != 0 {
+                        continue; // an empty attribute: the reply follows
+                    }
+                    after
                 }
-                after
             }
-            _ => return Err(ReplyError("unknown type byte")),
+            _ => return Err(Malformed("unknown type byte or bad line")),
         };
         scan.pos = element_end;
-        // One element done: close every array it completes.
+        // One element done: close every aggregate it completes.
         loop {
-            match scan.open.last_mut() {
-                None => {
-                    scan.reset();
-                    return Ok(Some(element_end));
-                }
-                Some(left) => {
-                    *left -= 1;
-                    if *left > 0 {
-                        break;
-                    }
-                    scan.open.pop();
-                }
+            let Some(left) = scan.open.last_mut() else {
+                scan.reset();
+                return Ok(Some(element_end));
+            };
+            *left -= 1;
+            if *left & !ATTRIBUTE > 0 {
+                break;
+            }
+            let attribute = *left & ATTRIBUTE != 0;
+            scan.open.pop();
+            if attribute {
+                break; // the element the attribute describes comes next
             }
         }
     }
+}
+
+/// A RESP3 big number: an optional sign, then digits (any count).
+fn big_number(s: &[u8]) -> bool {
+    let digits = s.strip_prefix(b"-").or_else(|| s.strip_prefix(b"+")).unwrap_or(s);
+    !digits.is_empty() && digits.iter().all(u8::is_ascii_digit)
 }
 
 /// The byte ranges of the elements of a complete array reply; `None` if it is not an array.
@@ -355,8 +442,116 @@ mod tests {
         assert_eq!(scan_reply(b"*0\r\n", &mut s), Ok(Some(4)));
         assert_eq!(scan_reply(b"*-1\r\n", &mut s), Ok(Some(5)));
         assert!(scan_reply(b"!x\r\n", &mut s).is_err());
-        s.reset();
-        let deep = "*1\r\n".repeat(MAX_REPLY_DEPTH + 1);
-        assert!(scan_reply(deep.as_bytes(), &mut s).is_err());
+    }
+
+    /// Scan `r` whole, and cut at every point (resuming the same state): each time the end is
+    /// `r.len()`, and never before the last byte.
+    fn frames_whole(r: &[u8]) {
+        let mut s = ReplyScan::default();
+        assert_eq!(
+            scan_reply(r, &mut s),
+            Ok(Some(r.len())),
+            "{:?}",
+            String::from_utf8_lossy(r)
+        );
+        for cut in 0..r.len() {
+            let mut s = ReplyScan::default();
+            assert_eq!(scan_reply(&r[..cut], &mut s), Ok(None), "{cut}");
+            assert_eq!(scan_reply(r, &mut s), Ok(Some(r.len())), "{cut}");
+        }
+        // And followed by another reply, it stops at its own end.
+        let mut two = r.to_vec();
+        two.extend_from_slice(b"+next\r\n");
+        assert_eq!(scan_reply(&two, &mut ReplyScan::default()), Ok(Some(r.len())));
+    }
+
+    #[test]
+    fn resp3_types_each_frame_whole_and_split() {
+        for r in [
+            &b"%2\r\n+a\r\n:1\r\n+b\r\n*2\r\n:1\r\n:2\r\n"[..],
+            b"%0\r\n",
+            b"~3\r\n+a\r\n+b\r\n#t\r\n",
+            b">3\r\n$10\r\ninvalidate\r\n*1\r\n$3\r\nfoo\r\n_\r\n",
+            b"_\r\n",
+            b"#f\r\n",
+            b",3.14\r\n",
+            b",-inf\r\n",
+            b",1.5e10\r\n",
+            b"(3492890328409238509324850943850943825024385\r\n",
+            b"(-12\r\n",
+            b"=15\r\ntxt:Some string\r\n",
+            b"!21\r\nSYNTAX invalid syntax\r\n",
+            b"$0\r\n\r\n",
+            // An attribute is part of the reply it precedes, at the top and inside an aggregate.
+            b"|1\r\n+key-popularity\r\n%2\r\n$1\r\na\r\n,0.19\r\n$1\r\nb\r\n,0.05\r\n*2\r\n:2039123\r\n:9543892\r\n",
+            b"*2\r\n|1\r\n+ttl\r\n:3600\r\n+a\r\n:2\r\n",
+            b"|0\r\n+OK\r\n",
+        ] {
+            frames_whole(r);
+        }
+        let mut s = ReplyScan::default();
+        // An attribute alone is not a reply.
+        assert_eq!(scan_reply(b"|1\r\n+a\r\n+b\r\n", &mut s), Ok(None));
+        for bad in [
+            &b"#x\r\n"[..],
+            b"_x\r\n",
+            b",1 2\r\n",
+            b"(12a\r\n",
+            b"=3\r\nabc\r\n",
+            b"!-1\r\n",
+            b"%-1\r\n",
+            b"$3\r\nabcde\r\n",
+            b":12\n",
+            b"?3\r\n",
+        ] {
+            assert!(
+                scan_reply(bad, &mut ReplyScan::default()).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn nesting_of_any_depth_scans_within_the_size_bound() {
+        let depth = 8000;
+        let mut r = "*1\r\n".repeat(depth);
+        r.push_str("$5\r\nhello\r\n");
+        frames_whole(r.as_bytes());
+        let maps = "%1\r\n+k\r\n".repeat(depth) + ":1\r\n";
+        assert_eq!(
+            scan_reply(maps.as_bytes(), &mut ReplyScan::default()),
+            Ok(Some(maps.len()))
+        );
+        // The same nesting over a limit is refused, and so is a count that cannot fit in it.
+        let mut small = ReplyScan::with_limit(1000);
+        assert!(matches!(
+            scan_reply(r.as_bytes(), &mut small),
+            Err(ReplyError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            scan_reply(b"*1000\r\n", &mut ReplyScan::with_limit(1000)),
+            Err(ReplyError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn a_bulk_over_the_limit_is_refused_at_its_header() {
+        let mut s = ReplyScan::with_limit(1 << 20);
+        assert_eq!(
+            scan_reply(b"$999999999999\r\n", &mut s),
+            Err(ReplyError::TooLarge {
+                declared: 999_999_999_999 + 17,
+                limit: 1 << 20
+            })
+        );
+        let mut s = ReplyScan::default();
+        assert!(matches!(
+            scan_reply(b"*2\r\n$1\r\na\r\n$999999999999\r\n", &mut s),
+            Err(ReplyError::TooLarge { .. })
+        ));
+        let mut s = ReplyScan::default();
+        assert_eq!(scan_reply(b"$100\r\nabc", &mut s), Ok(None));
+        assert_eq!(s.needs(), 108, "the whole bulk and its CRLF");
     }
 }
