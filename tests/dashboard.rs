@@ -51,7 +51,8 @@ fn get(port: u16, path: &str) -> (u16, String) {
 /// Runs an instant query; Ok(number of series) or Err(what Prometheus said).
 fn query(prom: u16, expr: &str) -> Result<usize, String> {
     let (status, body) = get(prom, &format!("/api/v1/query?query={}", url_encode(expr)));
-    let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("HTTP {status}, not JSON ({e}): {body}"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| format!("HTTP {status}, not JSON ({e}): {body}"))?;
     if v["status"] != "success" {
         return Err(format!("HTTP {status}: {body}"));
     }
@@ -63,7 +64,9 @@ fn panel_queries(panels: &[serde_json::Value], out: &mut Vec<(String, String)>) 
     for p in panels {
         let title = p["title"].as_str().unwrap_or("?").to_string();
         for t in p["targets"].as_array().into_iter().flatten() {
-            let expr = t["expr"].as_str().unwrap_or_else(|| panic!("panel {title:?} has a target without expr"));
+            let expr = t["expr"]
+                .as_str()
+                .unwrap_or_else(|| panic!("panel {title:?} has a target without expr"));
             out.push((title.clone(), expr.to_string()));
         }
         if let Some(nested) = p["panels"].as_array() {
@@ -81,7 +84,10 @@ fn traffic(mc: u16, rd: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(
         while !stop.load(Ordering::Relaxed) {
             let k = format!("k{}", i % 200);
             m.expect(format!("set {k} 0 0 3\r\nabc\r\n").as_bytes(), b"STORED\r\n");
-            m.expect(format!("get {k}\r\n").as_bytes(), format!("VALUE {k} 0 3\r\nabc\r\nEND\r\n").as_bytes());
+            m.expect(
+                format!("get {k}\r\n").as_bytes(),
+                format!("VALUE {k} 0 3\r\nabc\r\nEND\r\n").as_bytes(),
+            );
             m.expect(b"get nope-mc\r\n", b"END\r\n");
             m.send(b"get k1 k2 k3 k4 k5 k6\r\n");
             m.until(b"END\r\n");
@@ -105,7 +111,8 @@ fn traffic(mc: u16, rd: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(
 #[test]
 fn every_panel_returns_data_from_real_prometheus() {
     let prometheus = require("prometheus", "prometheus");
-    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(DASHBOARD).expect("read config/grafana/legate.json"))
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(DASHBOARD).expect("read config/grafana/legate.json"))
             .expect("legate.json is JSON");
     let mut queries = Vec::new();
     panel_queries(dashboard["panels"].as_array().expect("panels"), &mut queries);
@@ -113,11 +120,15 @@ fn every_panel_returns_data_from_real_prometheus() {
 
     let (m1, m2, r1, r2) = (memcached(), memcached(), redis_server(), redis_server());
     let (mc, rd, admin) = (free_port(), free_port(), free_port());
-    let config = config_file(&(pool_yaml("cache", mc, false, &[m1.port, m2.port], "")
-        + &pool_yaml("store", rd, true, &[r1.port, r2.port], "")));
+    let config = config_file(
+        &(pool_yaml("cache", mc, false, &[m1.port, m2.port], "")
+            + &pool_yaml("store", rd, true, &[r1.port, r2.port], "")),
+    );
     let admin_addr = format!("127.0.0.1:{admin}");
     let legate = legate_logged(&config, mc, &["--admin", &admin_addr, "--scrape-interval", "0.2"]);
-    eventually("legate's Redis pool listening", || TcpStream::connect(("127.0.0.1", rd)).is_ok());
+    eventually("legate's Redis pool listening", || {
+        TcpStream::connect(("127.0.0.1", rd)).is_ok()
+    });
     // A reload, so that legate_config_reloads_total exists.
     assert_eq!(http(admin, "POST", "/reload").0, 200, "POST /reload");
 
@@ -172,7 +183,9 @@ fn every_panel_returns_data_from_real_prometheus() {
 
     // The template variables list the pools and servers.
     for var in dashboard["templating"]["list"].as_array().unwrap() {
-        let Some(def) = var["definition"].as_str() else { continue };
+        let Some(def) = var["definition"].as_str() else {
+            continue;
+        };
         let (inner, label) = def
             .strip_prefix("label_values(")
             .and_then(|d| d.strip_suffix(')'))
