@@ -216,3 +216,21 @@ fn every_panel_returns_data_from_real_prometheus() {
     );
     drop(legate);
 }
+
+/// legate.json is what make_dashboard.py makes, so an edit to one is not lost from the other.
+#[test]
+fn dashboard_json_matches_its_generator() {
+    let python = require("python3", "python3");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/config/grafana/make_dashboard.py");
+    let out = Command::new(python)
+        .arg(script)
+        .arg("--check")
+        .output()
+        .expect("run make_dashboard.py");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

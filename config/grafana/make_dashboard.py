@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Writes legate.json, the Grafana dashboard beside this file, from the panel list below.
 
-Edit the list here and run `python3 config/grafana/make_dashboard.py`; commit both files.
+Edit the list here and run `python3 config/grafana/make_dashboard.py`; commit both files
+(`--check` exits 1 when legate.json differs from what this script makes).
 tests/dashboard.rs runs every panel's queries against a real Prometheus scraping a real legate.
 """
 import json
 import os
+import sys
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
 POOL = 'pool=~"$pool"'
@@ -199,7 +201,13 @@ def dashboard():
 
 if __name__ == "__main__":
     out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "legate.json")
-    with open(out, "w") as f:
-        json.dump(dashboard(), f, indent=2)
-        f.write("\n")
-    print(f"wrote {out}")
+    text = json.dumps(dashboard(), indent=2) + "\n"
+    if "--check" in sys.argv[1:]:
+        with open(out) as f:
+            if f.read() != text:
+                sys.exit(f"{out} is not what make_dashboard.py makes: run python3 {__file__} and commit both")
+        print(f"{out} is up to date")
+    else:
+        with open(out, "w") as f:
+            f.write(text)
+        print(f"wrote {out}")
