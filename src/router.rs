@@ -416,7 +416,7 @@ pub fn redis(
                 topo.stats.request(Class::Unsupported);
                 return pinned(cmd);
             }
-            let mut keys = Vec::new();
+            let mut keys: SmallVec<[usize; 4]> = SmallVec::new();
             let server = match redis::key_positions(cmd, argc, arg, &mut keys) {
                 // Keys not where they should be: the command fails on any server with its own
                 // error text, and runs nowhere.

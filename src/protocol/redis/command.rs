@@ -640,17 +640,15 @@ pub fn key_positions<'a>(
     cmd: &Command,
     argc: usize,
     arg: impl Fn(usize) -> &'a [u8],
-    out: &mut Vec<usize>,
+    out: &mut impl Extend<usize>,
 ) -> Result<(), BadKeys> {
     let specs = match cmd.keys {
         Keys::Sort => {
             if argc > 1 {
-                out.push(1);
+                out.extend(Some(1));
             }
             if cmd.name == "sort" {
-                if let Some(store) = sort_options(argc, &arg).store {
-                    out.push(store);
-                }
+                out.extend(sort_options(argc, &arg).store);
             }
             return Ok(());
         }
