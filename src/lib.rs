@@ -5,7 +5,8 @@
 //! - [`adapter`]: backend statistics (Redis INFO, memcached stats) under one set of metric names.
 //! - [`config`]: twemproxy's YAML (and legate's extensions) parsed and validated.
 //! - [`hash`]: the 12 twemproxy hash functions, hash tags, and the ketama/modula/random rings.
-//! - [`protocol`]: pure codecs: memcache text and Redis RESP requests and reply scanners.
+//! - [`protocol`]: pure codecs: memcache text and Redis RESP requests and reply scanners, and the
+//!   Redis command table (each command's arity, key positions and route).
 //! - [`topology`]: a pool's servers, ring and connections as one immutable snapshot.
 //! - [`router`]: a parsed request -> the server(s) it goes to, split and merged when needed.
 //! - [`server`]: listeners and client sessions (parse, route, reply in order).

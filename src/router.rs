@@ -7,13 +7,15 @@
 use crate::config::Protocol;
 use crate::metrics::Class;
 use crate::protocol::memcache::{self, Command};
-use crate::protocol::redis::{self, CommandKind, Merge};
+use crate::protocol::redis::{self, Fan, Merge, Route};
 use crate::replies::Replies;
 use crate::topology::Topology;
 use crate::upstream::{Framing, Job, Outbox, UpstreamError};
 use bytes::{BufMut, Bytes, BytesMut};
 use smallvec::{smallvec, SmallVec};
 use std::sync::Arc;
+
+mod fanout;
 
 /// What routing a request came to.
 #[derive(Debug)]
@@ -35,6 +37,11 @@ pub enum GatherMerge {
     McAllOk,
     /// Redis MGET / DEL-like / MSET.
     Redis { merge: Merge, part_of_key: Vec<u32> },
+    /// A Redis command sent to every shard (in shard order), merged for a client speaking RESP3
+    /// when `resp3`; `clients` is legate's client count when the request was routed (INFO).
+    RedisFan { fan: Fan, resp3: bool, clients: i64 },
+    /// One shard's SCAN reply, whose cursor is rewritten to name the shard.
+    RedisScan { shard: usize, shards: usize },
 }
 
 const NO_SERVER: &str = "no server available";
@@ -301,6 +308,8 @@ fn resp_frame(frame: Bytes, req: &redis::Request) -> Bytes {
 pub struct RedisSession {
     /// AUTH succeeded (pools with `redis_auth`).
     pub authed: bool,
+    /// The client said `HELLO 3`: replies legate builds are RESP3 (set by `router::session`).
+    pub resp3: bool,
     /// legate refused this client's MULTI: until EXEC or DISCARD, every command it sends was meant
     /// for that transaction and must not run.
     pub refused_multi: bool,
@@ -361,6 +370,10 @@ fn check_auth(topo: &Topology, frame: &Bytes, req: &redis::Request, authed: &mut
 }
 
 /// Route one Redis request (which has at least one argument), in the client's session state.
+///
+/// The command's row in the table ([`redis::COMMANDS`]) decides: its arity is checked here (with
+/// Redis's own error text), its keys are found as Redis finds them, and its route says whether it
+/// goes to the one shard of its keys, is split, goes to every shard, is answered here or refused.
 pub fn redis(
     topo: &Topology,
     q: &Arc<Replies>,
@@ -380,109 +393,309 @@ pub fn redis(
         return slot;
     }
     let argc = args.len();
-    let kind = redis::lookup(name);
-    match kind {
-        CommandKind::Ping | CommandKind::Echo | CommandKind::Quit | CommandKind::Select | CommandKind::Command => {
-            topo.stats.request(Class::Proxy)
+    let arg = |i: usize| &frame[args[i].clone()];
+    let cmd = match redis::lookup(name, (argc > 1).then(|| arg(1))) {
+        Ok(cmd) => cmd,
+        Err(unknown) => {
+            topo.stats.request(Class::Unsupported);
+            return Slot::Ready(unknown_command(unknown, &frame, req));
         }
-        CommandKind::Unsupported => topo.stats.request(Class::Unsupported),
-        _ => {}
+    };
+    let bare_command = cmd.route == Route::Container && argc == 1;
+    if !cmd.arity_ok(argc) {
+        topo.stats.request(Class::Unsupported);
+        return wrong_args(cmd.name.as_bytes());
     }
-    let route_by = |key_arg: usize| topo.server_for(&frame[args[key_arg].clone()]);
-    match kind {
-        CommandKind::Single | CommandKind::Eval => {
-            let key_arg = if kind == CommandKind::Eval {
-                if argc < 3 {
-                    return wrong_args(name);
-                }
-                match crate::protocol::parse_u64(&frame[args[2].clone()]) {
-                    Some(n) if n >= 1 && (n as usize) <= argc - 3 => 3,
-                    Some(0) => {
-                        return redis_error(format!(
-                            "'{}' without keys cannot be routed: legate needs at least one key",
-                            printable(name).to_ascii_lowercase()
-                        ))
+    match cmd.route {
+        Route::Local | Route::Container => {
+            topo.stats.request(Class::Proxy);
+            local(name, &frame, req, bare_command)
+        }
+        Route::Keyed | Route::KeyedUnlessBlock => {
+            if cmd.route == Route::KeyedUnlessBlock && redis::has_block_option(argc, arg) {
+                topo.stats.request(Class::Unsupported);
+                return pinned(cmd);
+            }
+            let mut keys: SmallVec<[usize; 4]> = SmallVec::new();
+            let server = match redis::key_positions(cmd, argc, arg, &mut keys) {
+                // Keys not where they should be: the command fails on any server with its own
+                // error text, and runs nowhere.
+                Err(redis::BadKeys) => first_server(topo),
+                Ok(()) => match one_shard(topo, cmd, argc, &arg, &keys) {
+                    Ok(s) => s,
+                    Err(slot) => {
+                        topo.stats.request(Class::Unsupported);
+                        return slot;
                     }
-                    _ => return redis_error("Number of keys can't be greater than number of args".into()),
-                }
-            } else {
-                if argc < 2 {
-                    return wrong_args(name);
-                }
-                1
+                },
             };
-            let Some(server) = route_by(key_arg) else {
+            let Some(server) = server else {
                 return redis_error(NO_SERVER.into());
             };
             send_one(topo, q, out, server, smallvec![resp_frame(frame, req)], Framing::Redis)
         }
-        CommandKind::Multi { merge, step } => {
-            if argc < 2 || !(argc - 1).is_multiple_of(step) {
-                return wrong_args(name);
-            }
-            let keys: Vec<&[u8]> = (1..argc).step_by(step).map(|i| &frame[args[i].clone()]).collect();
-            let Some((parts, part_of_key)) = group_by_server(topo, &keys) else {
+        Route::Split(merge) => split(topo, q, out, frame, req, cmd, merge),
+        Route::AnyShard => match first_server(topo) {
+            Some(s) => send_one(topo, q, out, s, smallvec![resp_frame(frame, req)], Framing::Redis),
+            None => redis_error(NO_SERVER.into()),
+        },
+        Route::FanOut(fan) => {
+            let n = topo.servers.len();
+            if n == 0 {
                 return redis_error(NO_SERVER.into());
-            };
-            if parts.len() == 1 {
-                return send_one(
-                    topo,
-                    q,
-                    out,
-                    parts[0].0,
-                    smallvec![resp_frame(frame, req)],
-                    Framing::Redis,
-                );
             }
-            let requests = parts
-                .iter()
-                .map(|(server, ks)| {
-                    let mut b = BytesMut::with_capacity(64 + ks.len() * 48);
-                    let sub = std::iter::once(name).chain(ks.iter().flat_map(|&k| {
-                        let first = 1 + k as usize * step;
-                        (first..first + step).map(|i| &frame[args[i].clone()])
-                    }));
-                    let sub: Vec<&[u8]> = sub.collect();
-                    redis::encode_command(&mut b, sub.into_iter());
-                    (*server, b.freeze())
-                })
-                .collect();
-            send_gather(
-                topo,
-                q,
-                out,
-                requests,
-                Framing::Redis,
-                GatherMerge::Redis { merge, part_of_key },
+            if n == 1 && fan != Fan::Info {
+                return send_one(topo, q, out, 0, smallvec![resp_frame(frame, req)], Framing::Redis);
+            }
+            let bytes = resp_frame(frame, req);
+            let requests = (0..n).map(|s| (s, bytes.clone())).collect();
+            let clients = topo.stats.client_connections.load(std::sync::atomic::Ordering::Relaxed);
+            let merge = GatherMerge::RedisFan {
+                fan,
+                resp3: session.resp3,
+                clients,
+            };
+            send_gather(topo, q, out, requests, Framing::Redis, merge)
+        }
+        Route::Scan => {
+            let shards = topo.servers.len();
+            if shards == 0 {
+                return redis_error(NO_SERVER.into());
+            }
+            if shards == 1 {
+                // Shard 0's cursors are legate's cursors.
+                return send_one(topo, q, out, 0, smallvec![resp_frame(frame, req)], Framing::Redis);
+            }
+            let Some((shard, cursor)) = fanout::split_cursor(arg(1), shards) else {
+                return redis_error("invalid cursor".into());
+            };
+            let mut b = BytesMut::with_capacity(frame.len() + 16);
+            let cursor = itoa::Buffer::new().format(cursor).as_bytes().to_vec();
+            let sub: Vec<&[u8]> = (0..argc).map(|i| if i == 1 { &cursor[..] } else { arg(i) }).collect();
+            redis::encode_command(&mut b, sub.into_iter());
+            let merge = GatherMerge::RedisScan { shard, shards };
+            send_gather(topo, q, out, vec![(shard, b.freeze())], Framing::Redis, merge)
+        }
+        Route::Pinned => {
+            topo.stats.request(Class::Unsupported);
+            if name.eq_ignore_ascii_case(b"multi") {
+                session.refused_multi = true;
+                return redis_error("unsupported command 'MULTI': legate does not serve transactions yet; the commands that follow are not run until EXEC or DISCARD".into());
+            }
+            pinned(cmd)
+        }
+        Route::Refused(why) => {
+            topo.stats.request(Class::Unsupported);
+            redis_error(format!("unsupported command '{}': {why}", display_name(cmd)))
+        }
+    }
+}
+
+/// `OBJECT|ENCODING` → `OBJECT ENCODING`, upper case, for error texts.
+fn display_name(cmd: &redis::Command) -> String {
+    cmd.name.replace('|', " ").to_ascii_uppercase()
+}
+
+fn pinned(cmd: &redis::Command) -> Slot {
+    redis_error(format!(
+        "unsupported command '{}': it needs a server connection of its own (transactions, blocking commands, pub/sub, WAIT), which legate does not serve yet",
+        display_name(cmd)
+    ))
+}
+
+/// The shard of the pool's first server that is in the ring: where keyless requests go.
+fn first_server(topo: &Topology) -> Option<usize> {
+    (!topo.servers.is_empty()).then_some(0)
+}
+
+/// The one shard every key of the request lives on (the first server when it has none), or the
+/// error reply: no server, or keys on several shards.
+fn one_shard<'a>(
+    topo: &Topology,
+    cmd: &redis::Command,
+    argc: usize,
+    arg: &impl Fn(usize) -> &'a [u8],
+    keys: &[usize],
+) -> Result<Option<usize>, Slot> {
+    let mut shard: Option<(usize, usize)> = None;
+    for &k in keys {
+        let Some(s) = topo.server_for(arg(k)) else {
+            return Err(redis_error(NO_SERVER.into()));
+        };
+        match shard {
+            None => shard = Some((s, k)),
+            Some((first, first_key)) if first != s => {
+                return Err(cross_shard(topo, arg(first_key), first, arg(k), s));
+            }
+            Some(_) => {}
+        }
+    }
+    if matches!(cmd.keys, redis::Keys::Sort) && topo.servers.len() > 1 {
+        // BY / GET patterns name keys by substituting each element for `*`: they all live on
+        // one shard only when the hash tag of the pattern is outside the `*`.
+        for p in redis::sort_patterns(argc, arg) {
+            let pattern = redis::pattern_key_part(arg(p));
+            let tag = crate::hash::hash_tag_span(pattern, topo.pool.hash_tag);
+            let star = pattern.iter().position(|&c| c == b'*').unwrap_or(0);
+            let tag_end = (tag.as_ptr() as usize - pattern.as_ptr() as usize) + tag.len();
+            if tag.len() == pattern.len() || tag.contains(&b'*') || star < tag_end {
+                return Err(redis_error(format!(
+                    "SORT pattern '{}' names keys that may be on any shard: put a hash tag before its '*' (e.g. w_{{tag}}_*) matching the sorted key's",
+                    printable(arg(p))
+                )));
+            }
+            let Some(s) = topo.server_for(pattern) else {
+                return Err(redis_error(NO_SERVER.into()));
+            };
+            match shard {
+                Some((first, first_key)) if first != s => {
+                    return Err(cross_shard(topo, arg(first_key), first, pattern, s));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(shard.map(|(s, _)| s).or_else(|| first_server(topo)))
+}
+
+/// Redis Cluster's error for keys in different slots, with the keys and servers named.
+fn cross_shard(topo: &Topology, a: &[u8], sa: usize, b: &[u8], sb: usize) -> Slot {
+    Slot::Ready(Bytes::from(format!(
+        "-CROSSSLOT Keys in request don't hash to the same shard: '{}' is on {} and '{}' on {} (a hash tag like {{user1}} keeps keys together)\r\n",
+        printable(a),
+        topo.servers[sa].name,
+        printable(b),
+        topo.servers[sb].name
+    )))
+}
+
+/// Redis 7.0's reply to an unknown command or subcommand.
+fn unknown_command(unknown: redis::Unknown, frame: &Bytes, req: &redis::Request) -> Bytes {
+    let arg = |i: usize| String::from_utf8_lossy(&frame[req.args[i].clone()]).into_owned();
+    let clip = |s: String, n: usize| s.chars().take(n).collect::<String>();
+    let msg = match unknown {
+        redis::Unknown::Command => {
+            let mut with = String::new();
+            for i in 1..req.args.len() {
+                if with.len() >= 128 {
+                    break;
+                }
+                with.push_str(&format!("'{}' ", clip(arg(i), 128 - with.len())));
+            }
+            format!(
+                "unknown command '{}', with args beginning with: {with}",
+                clip(arg(0), 128)
             )
         }
-        CommandKind::Ping => match argc {
+        redis::Unknown::Subcommand => format!(
+            "unknown subcommand '{}'. Try {} HELP.",
+            clip(arg(1), 128),
+            arg(0).to_ascii_uppercase()
+        ),
+    };
+    let clean: String = msg
+        .chars()
+        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+        .collect();
+    Bytes::from(format!("-ERR {clean}\r\n"))
+}
+
+/// MGET, MSET, DEL…: one request per shard with that shard's keys, replies merged in key order.
+fn split(
+    topo: &Topology,
+    q: &Arc<Replies>,
+    out: &mut Outbox,
+    frame: Bytes,
+    req: &redis::Request,
+    cmd: &redis::Command,
+    merge: Merge,
+) -> Slot {
+    let args = &req.args;
+    let argc = args.len();
+    let step = match cmd.keys {
+        redis::Keys::Specs(
+            [redis::KeySpec {
+                find: redis::Find::Range { step, .. },
+                ..
+            }],
+        ) => *step as usize,
+        _ => 1,
+    };
+    let name = &frame[args[0].clone()];
+    if !(argc - 1).is_multiple_of(step) {
+        return wrong_args(cmd.name.as_bytes());
+    }
+    let keys: Vec<&[u8]> = (1..argc).step_by(step).map(|i| &frame[args[i].clone()]).collect();
+    let Some((parts, part_of_key)) = group_by_server(topo, &keys) else {
+        return redis_error(NO_SERVER.into());
+    };
+    if parts.len() == 1 {
+        return send_one(
+            topo,
+            q,
+            out,
+            parts[0].0,
+            smallvec![resp_frame(frame, req)],
+            Framing::Redis,
+        );
+    }
+    let requests = parts
+        .iter()
+        .map(|(server, ks)| {
+            let mut b = BytesMut::with_capacity(64 + ks.len() * 48);
+            let sub = std::iter::once(name).chain(ks.iter().flat_map(|&k| {
+                let first = 1 + k as usize * step;
+                (first..first + step).map(|i| &frame[args[i].clone()])
+            }));
+            let sub: Vec<&[u8]> = sub.collect();
+            redis::encode_command(&mut b, sub.into_iter());
+            (*server, b.freeze())
+        })
+        .collect();
+    send_gather(
+        topo,
+        q,
+        out,
+        requests,
+        Framing::Redis,
+        GatherMerge::Redis { merge, part_of_key },
+    )
+}
+
+/// Commands answered by legate itself. The handshake and per-connection state are
+/// `router::session`'s; these are the answers that stand until it takes them.
+fn local(name: &[u8], frame: &Bytes, req: &redis::Request, bare_command: bool) -> Slot {
+    let args = &req.args;
+    let argc = args.len();
+    if bare_command || name.eq_ignore_ascii_case(b"command") {
+        return Slot::Ready(Bytes::from_static(b"*0\r\n"));
+    }
+    if name.eq_ignore_ascii_case(b"ping") {
+        return match argc {
             1 => Slot::Ready(Bytes::from_static(b"+PONG\r\n")),
             2 => Slot::Ready(bulk(&frame[args[1].clone()])),
-            _ => wrong_args(name),
-        },
-        CommandKind::Echo => match argc {
-            2 => Slot::Ready(bulk(&frame[args[1].clone()])),
-            _ => wrong_args(name),
-        },
-        CommandKind::Quit => Slot::Close(Bytes::from_static(b"+OK\r\n")),
-        CommandKind::Select => match argc {
-            2 if &frame[args[1].clone()] == b"0" => Slot::Ready(Bytes::from_static(b"+OK\r\n")),
-            2 => redis_error(
-                "legate serves database 0 only (set redis_db in the pool to choose the backend database)".into(),
-            ),
-            _ => wrong_args(name),
-        },
-        CommandKind::Command => Slot::Ready(Bytes::from_static(b"*0\r\n")),
-        CommandKind::Unsupported if name.eq_ignore_ascii_case(b"multi") => {
-            session.refused_multi = true;
-            redis_error("unsupported command 'MULTI': legate does not serve transactions yet; the commands that follow are not run until EXEC or DISCARD".into())
-        }
-        CommandKind::Unsupported => redis_error(format!(
-            "unsupported command '{}': legate does not serve it (it would span shards or is unknown)",
-            printable(name)
-        )),
+            _ => wrong_args(b"ping"),
+        };
     }
+    if name.eq_ignore_ascii_case(b"echo") {
+        return Slot::Ready(bulk(&frame[args[1].clone()]));
+    }
+    if name.eq_ignore_ascii_case(b"quit") {
+        return Slot::Close(Bytes::from_static(b"+OK\r\n"));
+    }
+    if name.eq_ignore_ascii_case(b"select") {
+        return if &frame[args[1].clone()] == b"0" {
+            Slot::Ready(Bytes::from_static(b"+OK\r\n"))
+        } else {
+            redis_error(
+                "legate serves database 0 only (set redis_db in the pool to choose the backend database)".into(),
+            )
+        };
+    }
+    redis_error(format!(
+        "unsupported command '{}': legate does not serve it yet",
+        printable(name)
+    ))
 }
 
 /// Merge the replies of a split request into the one reply the client expects.
@@ -519,6 +732,11 @@ pub fn merge(merge: &GatherMerge, replies: &[Bytes]) -> Bytes {
             .find(|r| &r[..] != b"OK\r\n")
             .cloned()
             .unwrap_or_else(|| Bytes::from_static(b"OK\r\n")),
+        GatherMerge::RedisFan { fan, resp3, clients } => fanout::merge(*fan, replies, *resp3, *clients),
+        GatherMerge::RedisScan { shard, shards } => match replies.first() {
+            Some(r) => fanout::scan_reply(r, *shard, *shards),
+            None => Bytes::from_static(b"-ERR no reply from the shard\r\n"),
+        },
         GatherMerge::Redis { merge, part_of_key } => {
             if let Some(e) = replies.iter().find(|r| r.first() == Some(&b'-')) {
                 return e.clone();

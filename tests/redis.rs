@@ -2,6 +2,7 @@
 
 mod common;
 
+use common::resp::Value;
 use common::{free_port, legate, pool_yaml, redis_server, require, run, Client, Legate, Proc};
 use std::process::Command;
 
@@ -119,11 +120,15 @@ fn single_key_command_families() {
         &resp(&[b"EVAL", b"return redis.call('GET', KEYS[1])", b"1", b"s"]),
         b"$6\r\nhello!\r\n",
     );
-    c.send(&resp(&[b"SCRIPT", b"LOAD", b"return 1"]));
-    assert!(c.line().starts_with(b"-ERR unsupported command"));
+    // EVAL without keys runs on one shard, as on one server.
+    c.expect(&resp(&[b"EVAL", b"return 1", b"0"]), b":1\r\n");
     c.expect(
-        &resp(&[b"EVAL", b"return 1", b"0"]),
-        b"-ERR 'eval' without keys cannot be routed: legate needs at least one key\r\n",
+        &resp(&[b"EVAL", b"return 1", b"-12"]),
+        b"-ERR Number of keys can't be negative\r\n",
+    );
+    c.expect(
+        &resp(&[b"EVAL", b"return 1", b"3", b"a"]),
+        b"-ERR Number of keys can't be greater than number of args\r\n",
     );
     c.expect(&cmd("GET"), b"-ERR wrong number of arguments for 'get' command\r\n");
 }
@@ -188,25 +193,295 @@ fn unsupported_commands_answer_an_error_and_keep_the_connection() {
     let s = setup();
     let mut c = s.client();
     for name in [
-        "KEYS *",
-        "SCAN 0",
-        "FLUSHALL",
-        "FLUSHDB",
-        "RANDOMKEY",
         "EXEC",
         "WATCH k",
         "BLPOP l 0",
+        "XREAD BLOCK 0 STREAMS s $",
         "SUBSCRIBE ch",
-        "CONFIG GET save",
-        "INFO",
-        "NOSUCHCOMMAND x",
+        "WAIT 1 0",
+        "MONITOR",
+        "SWAPDB 0 1",
+        "MOVE k 1",
+        "CONFIG SET maxmemory 1",
+        "DEBUG SLEEP 0",
+        "SHUTDOWN",
+        "REPLICAOF no one",
+        "CLUSTER INFO",
+        "MIGRATE h 1 k 0 5",
     ] {
         c.send(&cmd(name));
         let line = String::from_utf8(c.line()).unwrap();
         assert!(line.starts_with("-ERR unsupported command"), "{name}: {line}");
+        assert!(line.len() > 40, "{name}: the error says why: {line}");
     }
+    // Unknown commands and subcommands, and wrong arities, in Redis 7.0's words.
+    c.expect(
+        &cmd("NOSUCHCOMMAND x y"),
+        b"-ERR unknown command 'NOSUCHCOMMAND', with args beginning with: 'x' 'y' \r\n",
+    );
+    c.expect(
+        &cmd("OBJECT NOPE k"),
+        b"-ERR unknown subcommand 'NOPE'. Try OBJECT HELP.\r\n",
+    );
+    c.expect(
+        &cmd("OBJECT ENCODING"),
+        b"-ERR wrong number of arguments for 'object|encoding' command\r\n",
+    );
+    c.expect(
+        &cmd("OBJECT"),
+        b"-ERR wrong number of arguments for 'object' command\r\n",
+    );
+    c.expect(&cmd("SCAN abc"), b"-ERR invalid cursor\r\n");
     c.expect(&cmd("SET after ok"), b"+OK\r\n");
     c.expect(&cmd("GET after"), b"$2\r\nok\r\n");
+}
+
+/// Every command whose keys share a shard is forwarded there whole; keys on different shards get
+/// a CROSSSLOT error naming them, and nothing runs.
+#[test]
+fn keys_on_one_shard_are_forwarded_and_keys_across_shards_are_refused() {
+    let s = setup();
+    let mut c = s.client();
+    // Find two keys on different shards.
+    let shard_of = |c: &mut Client, k: &str| -> usize {
+        c.expect(&cmd(&format!("SET {k} x")), b"+OK\r\n");
+        let at = s
+            .backends
+            .iter()
+            .position(|b| Client::connect(b.port).words(&format!("EXISTS {k}")).int() == 1)
+            .unwrap();
+        c.expect(&cmd(&format!("DEL {k}")), b":1\r\n");
+        at
+    };
+    let a = "a";
+    let first = shard_of(&mut c, a);
+    let b = (0..100)
+        .map(|i| format!("b{i}"))
+        .find(|k| shard_of(&mut c, k) != first)
+        .unwrap();
+    c.expect(&cmd(&format!("SADD {a} 1 2 3")), b":3\r\n");
+    c.expect(&cmd(&format!("SADD {b} 2 3 4")), b":3\r\n");
+    for cross in [
+        format!("SINTER {a} {b}"),
+        format!("SUNIONSTORE {a} {b} {a}"),
+        format!("SMOVE {a} {b} 1"),
+        format!("RENAME {a} {b}"),
+        format!("ZUNION 2 {a} {b}"),
+        format!("EVAL return_1 2 {a} {b}"),
+        format!("MSETNX {a} 1 {b} 2"),
+        format!("COPY {a} {b}"),
+        format!("SORT {a} STORE {b}"),
+    ] {
+        c.send(&cmd(&cross));
+        let line = String::from_utf8(c.line()).unwrap();
+        assert!(
+            line.starts_with("-CROSSSLOT ") && line.contains(a) && line.contains(&b[..]),
+            "{cross}: {line}"
+        );
+    }
+    c.expect(
+        &cmd(&format!("SMEMBERS {a}")),
+        b"*3\r\n$1\r\n1\r\n$1\r\n2\r\n$1\r\n3\r\n",
+    );
+    // With a hash tag every multi-key command works, as on one server.
+    c.expect(&cmd("SADD {t}a 1 2 3"), b":3\r\n");
+    c.expect(&cmd("SADD {t}b 2 3 4"), b":3\r\n");
+    c.expect(&cmd("SINTER {t}a {t}b"), b"*2\r\n$1\r\n2\r\n$1\r\n3\r\n");
+    c.expect(&cmd("SINTERSTORE {t}c {t}a {t}b"), b":2\r\n");
+    c.expect(&cmd("SINTERCARD 2 {t}a {t}b"), b":2\r\n");
+    c.expect(&cmd("SDIFF {t}a {t}b"), b"*1\r\n$1\r\n1\r\n");
+    c.expect(&cmd("SMOVE {t}a {t}b 1"), b":1\r\n");
+    c.expect(&cmd("SCARD {t}b"), b":4\r\n");
+    c.expect(&cmd("ZADD {t}z1 1 a 2 b"), b":2\r\n");
+    c.expect(&cmd("ZADD {t}z2 3 b"), b":1\r\n");
+    c.expect(
+        &cmd("ZUNION 2 {t}z1 {t}z2 WITHSCORES"),
+        b"*4\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nb\r\n$1\r\n5\r\n",
+    );
+    c.expect(&cmd("ZUNIONSTORE {t}z3 2 {t}z1 {t}z2"), b":2\r\n");
+    c.expect(&cmd("ZINTERCARD 2 {t}z1 {t}z2"), b":1\r\n");
+    c.expect(&cmd("ZRANGESTORE {t}z4 {t}z3 0 0"), b":1\r\n");
+    c.expect(&cmd("RPUSH {t}l x y"), b":2\r\n");
+    c.expect(&cmd("RPOPLPUSH {t}l {t}m"), b"$1\r\ny\r\n");
+    c.expect(&cmd("LMOVE {t}l {t}m LEFT LEFT"), b"$1\r\nx\r\n");
+    c.expect(&cmd("LMPOP 2 {t}l {t}m LEFT"), b"*2\r\n$4\r\n{t}m\r\n*1\r\n$1\r\nx\r\n");
+    c.expect(&cmd("SET {t}s hello"), b"+OK\r\n");
+    c.expect(&cmd("COPY {t}s {t}s2"), b":1\r\n");
+    c.expect(&cmd("RENAME {t}s2 {t}s3"), b"+OK\r\n");
+    c.expect(&cmd("RENAMENX {t}s3 {t}s"), b":0\r\n");
+    c.expect(&cmd("LCS {t}s {t}s3"), b"$5\r\nhello\r\n");
+    c.expect(&cmd("MSETNX {t}n1 1 {t}n2 2"), b":1\r\n");
+    c.expect(&cmd("BITOP OR {t}bits {t}n1 {t}n2"), b":1\r\n");
+    c.expect(&cmd("PFADD {t}h1 a b"), b":1\r\n");
+    c.expect(&cmd("PFADD {t}h2 b c"), b":1\r\n");
+    c.expect(&cmd("PFCOUNT {t}h1 {t}h2"), b":3\r\n");
+    c.expect(&cmd("PFMERGE {t}h3 {t}h1 {t}h2"), b"+OK\r\n");
+    c.expect(&cmd("OBJECT ENCODING {t}s"), b"$6\r\nembstr\r\n");
+    c.send(&cmd("MEMORY USAGE {t}s"));
+    assert!(c.line().starts_with(b":"));
+    c.expect(&cmd("RPUSH {t}sort 3 1 2"), b":3\r\n");
+    c.expect(&cmd("SORT {t}sort STORE {t}sorted"), b":3\r\n");
+    c.expect(
+        &cmd("LRANGE {t}sorted 0 -1"),
+        b"*3\r\n$1\r\n1\r\n$1\r\n2\r\n$1\r\n3\r\n",
+    );
+    c.expect(&cmd("MSET {t}w_1 3 {t}w_2 1 {t}w_3 2"), b"+OK\r\n");
+    c.expect(
+        &cmd("SORT {t}sort BY {t}w_*"),
+        b"*3\r\n$1\r\n2\r\n$1\r\n3\r\n$1\r\n1\r\n",
+    );
+    c.send(&cmd("SORT {t}sort BY w_*"));
+    assert!(c.line().starts_with(b"-ERR SORT pattern"));
+    c.expect(&cmd("XADD {t}x1 1-1 f v"), b"$3\r\n1-1\r\n");
+    c.expect(&cmd("XADD {t}x2 1-1 f v"), b"$3\r\n1-1\r\n");
+    let streams = c.words("XREAD COUNT 1 STREAMS {t}x1 {t}x2 0 0");
+    let names: Vec<String> = streams.items().iter().map(|s| s.items()[0].text()).collect();
+    assert_eq!(names, ["{t}x1", "{t}x2"]);
+    c.expect(
+        &resp(&[
+            b"EVAL",
+            b"return redis.call('MGET', KEYS[1], KEYS[2])",
+            b"2",
+            b"{t}n1",
+            b"{t}n2",
+        ]),
+        b"*2\r\n$1\r\n1\r\n$1\r\n2\r\n",
+    );
+    let dump = c.words("DUMP {t}s");
+    assert!(matches!(dump, Value::Bulk(_)), "{dump:?}");
+    c.call(&[
+        b"RESTORE",
+        b"{t}restored",
+        b"0",
+        &match dump {
+            Value::Bulk(b) => b,
+            _ => unreachable!(),
+        },
+    ]);
+    c.expect(&cmd("GET {t}restored"), b"$5\r\nhello\r\n");
+    // Everything tagged {t} is on one shard.
+    c.expect(&cmd(&format!("DEL {a} {b}")), b":2\r\n");
+    let sizes = s.sizes();
+    assert_eq!(sizes.iter().filter(|&&n| n > 0).count(), 1, "{sizes:?}");
+}
+
+#[test]
+fn whole_keyspace_commands_cover_every_shard() {
+    let s = setup();
+    let mut c = s.client();
+    let mut mset = vec!["MSET".to_string()];
+    for i in 0..300 {
+        mset.push(format!("key:{i}"));
+        mset.push(i.to_string());
+    }
+    c.expect(&cmd(&mset.join(" ")), b"+OK\r\n");
+    c.expect(&cmd("SADD set:1 a"), b":1\r\n");
+    assert!(s.sizes().iter().all(|&n| n > 0), "{:?}", s.sizes());
+    c.expect(&cmd("DBSIZE"), b":301\r\n");
+    let keys = c.words("KEYS key:*");
+    assert_eq!(keys.items().len(), 300);
+    // SCAN walks every shard with one cursor, valid across connections.
+    let mut found = std::collections::BTreeSet::new();
+    let mut cursor = "0".to_string();
+    let mut calls = 0;
+    loop {
+        let mut fresh = s.client();
+        let r = fresh.words(&format!("SCAN {cursor} MATCH key:* COUNT 20"));
+        cursor = r.items()[0].text();
+        for k in r.items()[1].items() {
+            found.insert(k.text());
+        }
+        calls += 1;
+        if cursor == "0" {
+            break;
+        }
+        assert!(calls < 1000);
+    }
+    assert_eq!(found.len(), 300, "SCAN found {} keys", found.len());
+    assert!(found.iter().all(|k| k.starts_with("key:")));
+    let r = c.words("SCAN 0 TYPE set COUNT 1000");
+    let mut sets: Vec<String> = r.items()[1].items().iter().map(Value::text).collect();
+    let mut cursor = r.items()[0].text();
+    while cursor != "0" {
+        let r = c.words(&format!("SCAN {cursor} TYPE set COUNT 1000"));
+        sets.extend(r.items()[1].items().iter().map(Value::text));
+        cursor = r.items()[0].text();
+    }
+    assert_eq!(sets, ["set:1"]);
+    let k = c.words("RANDOMKEY").text();
+    assert!(k.starts_with("key:") || k == "set:1", "{k}");
+    // Scripts are loaded on every shard: EVALSHA works for keys on any of them.
+    let sha = c
+        .call(&[b"SCRIPT", b"LOAD", b"return redis.call('GET', KEYS[1])"])
+        .text();
+    assert_eq!(sha.len(), 40);
+    for i in 0..30 {
+        let k = format!("key:{i}");
+        assert_eq!(c.words(&format!("EVALSHA {sha} 1 {k}")).text(), i.to_string());
+    }
+    let exists = c.words(&format!("SCRIPT EXISTS {sha} 0000000000000000000000000000000000000000"));
+    assert_eq!(exists, Value::Array(vec![Value::Int(1), Value::Int(0)]));
+    for b in &s.backends {
+        let mut direct = Client::connect(b.port);
+        assert_eq!(
+            direct.words(&format!("SCRIPT EXISTS {sha}")),
+            Value::Array(vec![Value::Int(1)])
+        );
+    }
+    c.expect(&cmd("SCRIPT FLUSH"), b"+OK\r\n");
+    c.send(&cmd(&format!("EVALSHA {sha} 1 key:1")));
+    assert!(c.line().starts_with(b"-NOSCRIPT"));
+    // Functions too.
+    let lib = "#!lua name=lib\nredis.register_function('get1', function(keys) return redis.call('GET', keys[1]) end)";
+    assert_eq!(c.call(&[b"FUNCTION", b"LOAD", lib.as_bytes()]).text(), "lib");
+    for i in 0..30 {
+        assert_eq!(c.words(&format!("FCALL get1 1 key:{i}")).text(), i.to_string());
+    }
+    c.expect(&cmd("FUNCTION DELETE lib"), b"+OK\r\n");
+    // INFO: legate's server and clients, the shards' keyspace summed.
+    let info = c.words("INFO").text();
+    assert!(info.contains("legate_version:"), "{info}");
+    assert!(info.contains("legate_shards:3\r\n"), "{info}");
+    assert!(info.contains("db0:keys=301,"), "{info}");
+    assert!(info.contains("# Clients\r\nconnected_clients:"), "{info}");
+    let keyspace = c.words("INFO keyspace").text();
+    assert!(keyspace.starts_with("# Keyspace\r\ndb0:keys=301,"), "{keyspace}");
+    c.send(&cmd("TIME"));
+    assert_eq!(c.line(), b"*2\r\n");
+    c.line();
+    c.line();
+    c.line();
+    c.line();
+    c.expect(&cmd("FLUSHDB"), b"+OK\r\n");
+    assert_eq!(s.sizes(), [0, 0, 0]);
+    c.expect(&cmd("DBSIZE"), b":0\r\n");
+    c.expect(&cmd("RANDOMKEY"), b"$-1\r\n");
+    c.expect(&cmd("SCAN 0"), b"*2\r\n$15\r\n281474976710656\r\n*0\r\n");
+    c.expect(&cmd("SET k v"), b"+OK\r\n");
+    c.expect(&cmd("FLUSHALL ASYNC"), b"+OK\r\n");
+    c.expect(&cmd("DBSIZE"), b":0\r\n");
+}
+
+/// With one server in the pool every keyed command works, whatever its keys.
+#[test]
+fn one_server_pool_serves_every_keyed_command() {
+    let backend = redis_server();
+    let port = free_port();
+    let _legate = legate(&pool_yaml("one", port, true, &[backend.port], ""), port);
+    let mut c = Client::connect(port);
+    c.expect(&cmd("SADD a 1 2"), b":2\r\n");
+    c.expect(&cmd("SADD b 2 3"), b":2\r\n");
+    c.expect(&cmd("SINTER a b"), b"*1\r\n$1\r\n2\r\n");
+    c.expect(&cmd("RENAME a c"), b"+OK\r\n");
+    c.expect(&cmd("RPUSH l 3 1 2"), b":3\r\n");
+    c.expect(&cmd("MSET w_1 3 w_2 1 w_3 2"), b"+OK\r\n");
+    c.expect(&cmd("SORT l BY w_*"), b"*3\r\n$1\r\n2\r\n$1\r\n3\r\n$1\r\n1\r\n");
+    c.expect(&cmd("DBSIZE"), b":6\r\n");
+    let scan = c.words("SCAN 0 COUNT 100");
+    assert_eq!(scan.items()[0].text(), "0");
+    assert_eq!(scan.items()[1].items().len(), 6);
+    let info = c.words("INFO server").text();
+    assert!(info.contains("legate_shards:1\r\n"), "{info}");
 }
 
 /// A client pipelines MULTI, its commands and EXEC without waiting (as every client library
