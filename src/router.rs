@@ -15,6 +15,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use smallvec::{smallvec, SmallVec};
 use std::sync::Arc;
 
+mod session;
+
+pub use session::RedisSession;
+
 /// What routing a request came to.
 #[derive(Debug)]
 pub enum Slot {
@@ -295,71 +299,6 @@ fn resp_frame(frame: Bytes, req: &redis::Request) -> Bytes {
     b.freeze()
 }
 
-/// Check AUTH against the pool's `redis_auth`: `Some(reply)` answers the request in the proxy.
-/// What a Redis client's connection remembers between requests.
-#[derive(Debug, Default)]
-pub struct RedisSession {
-    /// AUTH succeeded (pools with `redis_auth`).
-    pub authed: bool,
-    /// legate refused this client's MULTI: until EXEC or DISCARD, every command it sends was meant
-    /// for that transaction and must not run.
-    pub refused_multi: bool,
-}
-
-/// While a refused MULTI is open, answer every command without running it: the client meant to
-/// queue them, and running them now would apply a transaction it will see fail.
-fn in_refused_multi(session: &mut RedisSession, name: &[u8]) -> Option<Slot> {
-    if !session.refused_multi {
-        return None;
-    }
-    if name.eq_ignore_ascii_case(b"exec") {
-        session.refused_multi = false;
-        return Some(Slot::Ready(Bytes::from_static(
-            b"-EXECABORT Transaction discarded because of previous errors.\r\n",
-        )));
-    }
-    if name.eq_ignore_ascii_case(b"discard") {
-        session.refused_multi = false;
-        return Some(Slot::Ready(Bytes::from_static(b"+OK\r\n")));
-    }
-    if name.eq_ignore_ascii_case(b"quit") {
-        return None;
-    }
-    if name.eq_ignore_ascii_case(b"multi") {
-        return Some(redis_error("MULTI calls can not be nested".into()));
-    }
-    Some(redis_error(format!(
-        "'{}' not run: it follows a MULTI that legate refused (EXEC or DISCARD ends it)",
-        printable(name).to_ascii_lowercase()
-    )))
-}
-
-fn check_auth(topo: &Topology, frame: &Bytes, req: &redis::Request, authed: &mut bool) -> Option<Slot> {
-    let args = &req.args;
-    let name = &frame[args[0].clone()];
-    let is_auth = name.eq_ignore_ascii_case(b"auth");
-    let Some(password) = &topo.pool.redis_auth else {
-        return is_auth.then(|| redis_error("Client sent AUTH, but no password is set".into()));
-    };
-    if is_auth {
-        let given = match args.len() {
-            2 => &frame[args[1].clone()],
-            3 if &frame[args[1].clone()] == b"default" => &frame[args[2].clone()],
-            3 => return Some(redis_error("invalid password".into())),
-            _ => return Some(wrong_args(name)),
-        };
-        if given == password.as_bytes() {
-            *authed = true;
-            return Some(Slot::Ready(Bytes::from_static(b"+OK\r\n")));
-        }
-        return Some(redis_error("invalid password".into()));
-    }
-    if !*authed && !name.eq_ignore_ascii_case(b"quit") {
-        return Some(Slot::Ready(Bytes::from_static(b"-NOAUTH Authentication required.\r\n")));
-    }
-    None
-}
-
 /// Route one Redis request (which has at least one argument), in the client's session state.
 pub fn redis(
     topo: &Topology,
@@ -369,16 +308,11 @@ pub fn redis(
     req: &redis::Request,
     session: &mut RedisSession,
 ) -> Slot {
-    if let Some(slot) = check_auth(topo, &frame, req, &mut session.authed) {
-        topo.stats.request(Class::Proxy);
+    if let Some(slot) = session::answer(topo, q, out, &frame, req, session) {
         return slot;
     }
     let args = &req.args;
     let name = &frame[args[0].clone()];
-    if let Some(slot) = in_refused_multi(session, name) {
-        topo.stats.request(Class::Proxy);
-        return slot;
-    }
     let argc = args.len();
     let kind = redis::lookup(name);
     match kind {
