@@ -140,8 +140,8 @@ fn compare(program: &PathBuf, script: &str, tag: &str) -> Vec<String> {
             if w != g {
                 diff += &format!(
                     "  redis-server: {}\n  legate:       {}\n",
-                    w.unwrap_or("(nothing)"),
-                    g.unwrap_or("(nothing)")
+                    clip(w.unwrap_or("(nothing)")),
+                    clip(g.unwrap_or("(nothing)"))
                 );
             }
         }
@@ -150,6 +150,14 @@ fn compare(program: &PathBuf, script: &str, tag: &str) -> Vec<String> {
         }
     }
     problems
+}
+
+/// A transcript line, cut to a readable length.
+fn clip(line: &str) -> String {
+    match line.char_indices().nth(400) {
+        Some((at, _)) => format!("{}…", &line[..at]),
+        None => line.to_string(),
+    }
 }
 
 fn assert_same(problems: Vec<String>) {
