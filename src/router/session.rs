@@ -568,7 +568,8 @@ mod tests {
         s.resp3 = true;
         let three = hello_reply(&s);
         assert!(three.starts_with(b"%7\r\n"));
-        assert!(three.windows(16).any(|w| w == b"$5\r\nproto\r\n:3\r\n"));
+        let proto = b"$5\r\nproto\r\n:3\r\n";
+        assert!(three.windows(proto.len()).any(|w| w == proto));
         assert_eq!(two.len(), three.len() + 1);
     }
 
