@@ -10,7 +10,7 @@ use crate::protocol::memcache::{self, Command};
 use crate::protocol::redis::{self, CommandKind, Merge};
 use crate::replies::Replies;
 use crate::topology::Topology;
-use crate::upstream::{Framing, Job, Outbox, UpstreamError};
+use crate::upstream::{Framing, Job, Lane, Outbox, UpstreamError};
 use bytes::{BufMut, Bytes, BytesMut};
 use smallvec::{smallvec, SmallVec};
 use std::sync::Arc;
@@ -83,6 +83,7 @@ fn send_one(
     q: &Arc<Replies>,
     out: &mut Outbox,
     server: usize,
+    lane: Lane,
     parts: SmallVec<[Bytes; 2]>,
     framing: Framing,
 ) -> Slot {
@@ -93,7 +94,7 @@ fn send_one(
             framing,
             done: Some(done),
         };
-        out.push(server, job);
+        out.push_lane(server, lane, job);
     }
     Slot::Queued
 }
@@ -102,6 +103,7 @@ fn send_gather(
     topo: &Topology,
     q: &Arc<Replies>,
     out: &mut Outbox,
+    lane: Lane,
     requests: Vec<(usize, Bytes)>,
     framing: Framing,
     merge: GatherMerge,
@@ -115,7 +117,7 @@ fn send_gather(
                 framing,
                 done: Some(done),
             };
-            out.push(server, job);
+            out.push_lane(server, lane, job);
         }
     }
     Slot::Queued
@@ -140,7 +142,7 @@ pub fn memcache(
         Command::Get | Command::Gets | Command::Gat | Command::Gats if req.keys.len() == 1 => {
             // The common case: one key, no grouping, nothing allocated.
             match topo.server_for(&frame[req.keys[0].clone()]) {
-                Some(server) => Some(send_one(topo, q, out, server, smallvec![frame], framing)),
+                Some(server) => Some(send_one(topo, q, out, server, Lane::Default, smallvec![frame], framing)),
                 None => Some(Slot::Ready(error_reply(Protocol::Memcache, NO_SERVER))),
             }
         }
@@ -150,7 +152,15 @@ pub fn memcache(
                 return Some(Slot::Ready(error_reply(Protocol::Memcache, NO_SERVER)));
             };
             if parts.len() == 1 {
-                return Some(send_one(topo, q, out, parts[0].0, smallvec![frame], framing));
+                return Some(send_one(
+                    topo,
+                    q,
+                    out,
+                    parts[0].0,
+                    Lane::Default,
+                    smallvec![frame],
+                    framing,
+                ));
             }
             let name = &frame[..frame.iter().position(|&c| c == b' ').unwrap_or(0)];
             let requests = parts
@@ -175,6 +185,7 @@ pub fn memcache(
                 topo,
                 q,
                 out,
+                Lane::Default,
                 requests,
                 framing,
                 GatherMerge::McValues { keys, part_of_key },
@@ -207,7 +218,15 @@ pub fn memcache(
                 return None;
             }
             let requests = (0..topo.servers.len()).map(|s| (s, frame.clone())).collect();
-            Some(send_gather(topo, q, out, requests, framing, GatherMerge::McAllOk))
+            Some(send_gather(
+                topo,
+                q,
+                out,
+                Lane::Default,
+                requests,
+                framing,
+                GatherMerge::McAllOk,
+            ))
         }
         _ => {
             let key = &frame[req.keys[0].clone()];
@@ -231,7 +250,7 @@ pub fn memcache(
             } else {
                 smallvec![frame]
             };
-            Some(send_one(topo, q, out, server, parts, framing))
+            Some(send_one(topo, q, out, server, Lane::Default, parts, framing))
         }
     }
 }
@@ -311,6 +330,9 @@ pub fn redis(
     if let Some(slot) = session::answer(topo, q, out, &frame, req, session) {
         return slot;
     }
+    // A RESP3 client's requests travel on RESP3 connections: their replies are forwarded as
+    // the server's own bytes.
+    let lane = session.lane();
     let args = &req.args;
     let name = &frame[args[0].clone()];
     let argc = args.len();
@@ -348,7 +370,15 @@ pub fn redis(
             let Some(server) = route_by(key_arg) else {
                 return redis_error(NO_SERVER.into());
             };
-            send_one(topo, q, out, server, smallvec![resp_frame(frame, req)], Framing::Redis)
+            send_one(
+                topo,
+                q,
+                out,
+                server,
+                lane,
+                smallvec![resp_frame(frame, req)],
+                Framing::Redis,
+            )
         }
         CommandKind::Multi { merge, step } => {
             if argc < 2 || !(argc - 1).is_multiple_of(step) {
@@ -364,6 +394,7 @@ pub fn redis(
                     q,
                     out,
                     parts[0].0,
+                    lane,
                     smallvec![resp_frame(frame, req)],
                     Framing::Redis,
                 );
@@ -385,6 +416,7 @@ pub fn redis(
                 topo,
                 q,
                 out,
+                lane,
                 requests,
                 Framing::Redis,
                 GatherMerge::Redis { merge, part_of_key },

@@ -13,7 +13,7 @@ use crate::metrics::Class;
 use crate::protocol::redis;
 use crate::replies::Replies;
 use crate::topology::Topology;
-use crate::upstream::{Framing, Outbox};
+use crate::upstream::{Framing, Lane, Outbox};
 use bytes::{BufMut, Bytes, BytesMut};
 use smallvec::smallvec;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,6 +79,16 @@ impl RedisSession {
             readonly: false,
             no_evict: false,
             no_touch: false,
+        }
+    }
+
+    /// The server connections this client's requests travel on: RESP3 ones once it said
+    /// `HELLO 3`.
+    pub fn lane(&self) -> Lane {
+        if self.resp3 {
+            Lane::Resp3
+        } else {
+            Lane::Default
         }
     }
 
@@ -332,7 +342,15 @@ fn answer_named(
                 return err("no server available");
             }
             let bytes = super::resp_frame(frame.clone(), req);
-            Some(send_one(topo, q, out, server, smallvec![bytes], Framing::Redis))
+            Some(send_one(
+                topo,
+                q,
+                out,
+                server,
+                session.lane(),
+                smallvec![bytes],
+                Framing::Redis,
+            ))
         }
         _ => None,
     }
