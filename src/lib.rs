@@ -8,7 +8,8 @@
 //! - [`protocol`]: pure codecs: memcache text and Redis RESP requests and reply scanners, and the
 //!   Redis command table (each command's arity, key positions and route).
 //! - [`topology`]: a pool's servers, ring and connections as one immutable snapshot.
-//! - [`router`]: a parsed request -> the server(s) it goes to, split and merged when needed.
+//! - [`router`]: a parsed request -> the server(s) it goes to, split and merged when needed; a
+//!   Redis connection's own state (HELLO, AUTH, CLIENT, RESET …) answered in `router/session.rs`.
 //! - [`server`]: listeners and client sessions (parse, route, reply in order).
 //! - [`replies`]: one client's reply queue, filled by servers in any order, written in order.
 //! - [`upstream`]: pipelined connections to the backend servers.

@@ -80,6 +80,10 @@ struct Inner {
     finished: bool,
     /// The writer has stopped: nothing more will be written.
     gone: bool,
+    /// The next entry reserved is to be written as nothing (Redis `CLIENT REPLY OFF|SKIP`).
+    silence_next: bool,
+    /// Sequence numbers of reserved entries written as nothing, oldest first.
+    silent: VecDeque<u64>,
 }
 
 /// A session's queue of replies owed. No more entries are reserved while it has `limit` of
@@ -143,6 +147,9 @@ impl Replies {
             _ => 0,
         };
         let seq = g.head + g.entries.len() as u64;
+        if std::mem::take(&mut g.silence_next) {
+            g.silent.push_back(seq);
+        }
         g.entries.push_back(e);
         let w = if wake { g.writer.take() } else { None };
         drop(g);
@@ -161,6 +168,12 @@ impl Replies {
             Entry::Ready(bytes)
         })
         .is_some()
+    }
+
+    /// Write the next entry reserved (whatever answers it) as nothing, keeping a close: the
+    /// client asked for no reply to that request (Redis `CLIENT REPLY OFF|SKIP`).
+    pub fn silence_next(&self) {
+        self.lock().silence_next = true;
     }
 
     /// Reserve the entry for one server's reply.
@@ -322,8 +335,15 @@ impl Replies {
     fn take_locked(&self, g: &mut Inner, out: &mut Vec<Entry>) -> (usize, Option<Waker>) {
         let mut n = 0;
         while g.entries.front().is_some_and(Entry::complete) {
-            if let Some(e) = g.entries.pop_front() {
+            if let Some(mut e) = g.entries.pop_front() {
                 g.held -= e.held();
+                if g.silent.front() == Some(&g.head) {
+                    g.silent.pop_front();
+                    e = match e {
+                        Entry::Close(_) => Entry::Close(Bytes::new()),
+                        _ => Entry::Ready(Bytes::new()),
+                    };
+                }
                 out.push(e);
             }
             g.head += 1;
@@ -409,6 +429,22 @@ mod tests {
     }
 
     use std::future::Future;
+
+    #[test]
+    fn a_silenced_entry_is_taken_as_nothing_whatever_fills_it() {
+        let q = Replies::new(16, 1 << 20);
+        q.silence_next();
+        let a = q.expect_one().unwrap();
+        assert!(q.ready(Bytes::from_static(b"b"), false));
+        q.silence_next();
+        assert!(q.ready(Bytes::from_static(b"c"), false));
+        q.silence_next();
+        assert!(q.ready(Bytes::from_static(b"bye"), true));
+        a.send(Ok(Bytes::from_static(b"a")));
+        let got = take_now(&q);
+        assert_eq!(got.iter().map(bytes_of).collect::<Vec<_>>(), [&b""[..], b"b", b"", b""]);
+        assert!(matches!(got[3], Entry::Close(_)), "a silenced close still closes");
+    }
 
     #[test]
     fn replies_filled_out_of_order_are_taken_in_order() {

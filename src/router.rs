@@ -10,12 +10,15 @@ use crate::protocol::memcache::{self, Command};
 use crate::protocol::redis::{self, Fan, Merge, Route};
 use crate::replies::Replies;
 use crate::topology::Topology;
-use crate::upstream::{Framing, Job, Outbox, UpstreamError};
+use crate::upstream::{Framing, Job, Lane, Outbox, UpstreamError};
 use bytes::{BufMut, Bytes, BytesMut};
 use smallvec::{smallvec, SmallVec};
 use std::sync::Arc;
 
 mod fanout;
+mod session;
+
+pub use session::RedisSession;
 
 /// What routing a request came to.
 #[derive(Debug)]
@@ -86,6 +89,7 @@ fn send_one(
     q: &Arc<Replies>,
     out: &mut Outbox,
     server: usize,
+    lane: Lane,
     parts: SmallVec<[Bytes; 2]>,
     framing: Framing,
 ) -> Slot {
@@ -96,7 +100,7 @@ fn send_one(
             framing,
             done: Some(done),
         };
-        out.push(server, job);
+        out.push_lane(server, lane, job);
     }
     Slot::Queued
 }
@@ -105,6 +109,7 @@ fn send_gather(
     topo: &Topology,
     q: &Arc<Replies>,
     out: &mut Outbox,
+    lane: Lane,
     requests: Vec<(usize, Bytes)>,
     framing: Framing,
     merge: GatherMerge,
@@ -118,7 +123,7 @@ fn send_gather(
                 framing,
                 done: Some(done),
             };
-            out.push(server, job);
+            out.push_lane(server, lane, job);
         }
     }
     Slot::Queued
@@ -143,7 +148,7 @@ pub fn memcache(
         Command::Get | Command::Gets | Command::Gat | Command::Gats if req.keys.len() == 1 => {
             // The common case: one key, no grouping, nothing allocated.
             match topo.server_for(&frame[req.keys[0].clone()]) {
-                Some(server) => Some(send_one(topo, q, out, server, smallvec![frame], framing)),
+                Some(server) => Some(send_one(topo, q, out, server, Lane::Default, smallvec![frame], framing)),
                 None => Some(Slot::Ready(error_reply(Protocol::Memcache, NO_SERVER))),
             }
         }
@@ -153,7 +158,15 @@ pub fn memcache(
                 return Some(Slot::Ready(error_reply(Protocol::Memcache, NO_SERVER)));
             };
             if parts.len() == 1 {
-                return Some(send_one(topo, q, out, parts[0].0, smallvec![frame], framing));
+                return Some(send_one(
+                    topo,
+                    q,
+                    out,
+                    parts[0].0,
+                    Lane::Default,
+                    smallvec![frame],
+                    framing,
+                ));
             }
             let name = &frame[..frame.iter().position(|&c| c == b' ').unwrap_or(0)];
             let requests = parts
@@ -178,6 +191,7 @@ pub fn memcache(
                 topo,
                 q,
                 out,
+                Lane::Default,
                 requests,
                 framing,
                 GatherMerge::McValues { keys, part_of_key },
@@ -210,7 +224,15 @@ pub fn memcache(
                 return None;
             }
             let requests = (0..topo.servers.len()).map(|s| (s, frame.clone())).collect();
-            Some(send_gather(topo, q, out, requests, framing, GatherMerge::McAllOk))
+            Some(send_gather(
+                topo,
+                q,
+                out,
+                Lane::Default,
+                requests,
+                framing,
+                GatherMerge::McAllOk,
+            ))
         }
         _ => {
             let key = &frame[req.keys[0].clone()];
@@ -234,7 +256,7 @@ pub fn memcache(
             } else {
                 smallvec![frame]
             };
-            Some(send_one(topo, q, out, server, parts, framing))
+            Some(send_one(topo, q, out, server, Lane::Default, parts, framing))
         }
     }
 }
@@ -302,73 +324,6 @@ fn resp_frame(frame: Bytes, req: &redis::Request) -> Bytes {
     b.freeze()
 }
 
-/// Check AUTH against the pool's `redis_auth`: `Some(reply)` answers the request in the proxy.
-/// What a Redis client's connection remembers between requests.
-#[derive(Debug, Default)]
-pub struct RedisSession {
-    /// AUTH succeeded (pools with `redis_auth`).
-    pub authed: bool,
-    /// The client said `HELLO 3`: replies legate builds are RESP3 (set by `router::session`).
-    pub resp3: bool,
-    /// legate refused this client's MULTI: until EXEC or DISCARD, every command it sends was meant
-    /// for that transaction and must not run.
-    pub refused_multi: bool,
-}
-
-/// While a refused MULTI is open, answer every command without running it: the client meant to
-/// queue them, and running them now would apply a transaction it will see fail.
-fn in_refused_multi(session: &mut RedisSession, name: &[u8]) -> Option<Slot> {
-    if !session.refused_multi {
-        return None;
-    }
-    if name.eq_ignore_ascii_case(b"exec") {
-        session.refused_multi = false;
-        return Some(Slot::Ready(Bytes::from_static(
-            b"-EXECABORT Transaction discarded because of previous errors.\r\n",
-        )));
-    }
-    if name.eq_ignore_ascii_case(b"discard") {
-        session.refused_multi = false;
-        return Some(Slot::Ready(Bytes::from_static(b"+OK\r\n")));
-    }
-    if name.eq_ignore_ascii_case(b"quit") {
-        return None;
-    }
-    if name.eq_ignore_ascii_case(b"multi") {
-        return Some(redis_error("MULTI calls can not be nested".into()));
-    }
-    Some(redis_error(format!(
-        "'{}' not run: it follows a MULTI that legate refused (EXEC or DISCARD ends it)",
-        printable(name).to_ascii_lowercase()
-    )))
-}
-
-fn check_auth(topo: &Topology, frame: &Bytes, req: &redis::Request, authed: &mut bool) -> Option<Slot> {
-    let args = &req.args;
-    let name = &frame[args[0].clone()];
-    let is_auth = name.eq_ignore_ascii_case(b"auth");
-    let Some(password) = &topo.pool.redis_auth else {
-        return is_auth.then(|| redis_error("Client sent AUTH, but no password is set".into()));
-    };
-    if is_auth {
-        let given = match args.len() {
-            2 => &frame[args[1].clone()],
-            3 if &frame[args[1].clone()] == b"default" => &frame[args[2].clone()],
-            3 => return Some(redis_error("invalid password".into())),
-            _ => return Some(wrong_args(name)),
-        };
-        if given == password.as_bytes() {
-            *authed = true;
-            return Some(Slot::Ready(Bytes::from_static(b"+OK\r\n")));
-        }
-        return Some(redis_error("invalid password".into()));
-    }
-    if !*authed && !name.eq_ignore_ascii_case(b"quit") {
-        return Some(Slot::Ready(Bytes::from_static(b"-NOAUTH Authentication required.\r\n")));
-    }
-    None
-}
-
 /// Route one Redis request (which has at least one argument), in the client's session state.
 ///
 /// The command's row in the table ([`redis::COMMANDS`]) decides: its arity is checked here (with
@@ -382,16 +337,14 @@ pub fn redis(
     req: &redis::Request,
     session: &mut RedisSession,
 ) -> Slot {
-    if let Some(slot) = check_auth(topo, &frame, req, &mut session.authed) {
-        topo.stats.request(Class::Proxy);
+    if let Some(slot) = session::answer(topo, q, out, &frame, req, session) {
         return slot;
     }
+    // A RESP3 client's requests travel on RESP3 connections: their replies are forwarded as
+    // the server's own bytes.
+    let lane = session.lane();
     let args = &req.args;
     let name = &frame[args[0].clone()];
-    if let Some(slot) = in_refused_multi(session, name) {
-        topo.stats.request(Class::Proxy);
-        return slot;
-    }
     let argc = args.len();
     let arg = |i: usize| &frame[args[i].clone()];
     let cmd = match redis::lookup(name, (argc > 1).then(|| arg(1))) {
@@ -432,11 +385,19 @@ pub fn redis(
             let Some(server) = server else {
                 return redis_error(NO_SERVER.into());
             };
-            send_one(topo, q, out, server, smallvec![resp_frame(frame, req)], Framing::Redis)
+            send_one(
+                topo,
+                q,
+                out,
+                server,
+                lane,
+                smallvec![resp_frame(frame, req)],
+                Framing::Redis,
+            )
         }
-        Route::Split(merge) => split(topo, q, out, frame, req, cmd, merge),
+        Route::Split(merge) => split(topo, q, out, lane, frame, req, cmd, merge),
         Route::AnyShard => match first_server(topo) {
-            Some(s) => send_one(topo, q, out, s, smallvec![resp_frame(frame, req)], Framing::Redis),
+            Some(s) => send_one(topo, q, out, s, lane, smallvec![resp_frame(frame, req)], Framing::Redis),
             None => redis_error(NO_SERVER.into()),
         },
         Route::FanOut(fan) => {
@@ -445,7 +406,7 @@ pub fn redis(
                 return redis_error(NO_SERVER.into());
             }
             if n == 1 && fan != Fan::Info {
-                return send_one(topo, q, out, 0, smallvec![resp_frame(frame, req)], Framing::Redis);
+                return send_one(topo, q, out, 0, lane, smallvec![resp_frame(frame, req)], Framing::Redis);
             }
             let bytes = resp_frame(frame, req);
             let requests = (0..n).map(|s| (s, bytes.clone())).collect();
@@ -455,7 +416,7 @@ pub fn redis(
                 resp3: session.resp3,
                 clients,
             };
-            send_gather(topo, q, out, requests, Framing::Redis, merge)
+            send_gather(topo, q, out, lane, requests, Framing::Redis, merge)
         }
         Route::Scan => {
             let shards = topo.servers.len();
@@ -464,7 +425,7 @@ pub fn redis(
             }
             if shards == 1 {
                 // Shard 0's cursors are legate's cursors.
-                return send_one(topo, q, out, 0, smallvec![resp_frame(frame, req)], Framing::Redis);
+                return send_one(topo, q, out, 0, lane, smallvec![resp_frame(frame, req)], Framing::Redis);
             }
             let Some((shard, cursor)) = fanout::split_cursor(arg(1), shards) else {
                 return redis_error("invalid cursor".into());
@@ -474,7 +435,7 @@ pub fn redis(
             let sub: Vec<&[u8]> = (0..argc).map(|i| if i == 1 { &cursor[..] } else { arg(i) }).collect();
             redis::encode_command(&mut b, sub.into_iter());
             let merge = GatherMerge::RedisScan { shard, shards };
-            send_gather(topo, q, out, vec![(shard, b.freeze())], Framing::Redis, merge)
+            send_gather(topo, q, out, lane, vec![(shard, b.freeze())], Framing::Redis, merge)
         }
         Route::Pinned => {
             topo.stats.request(Class::Unsupported);
@@ -605,6 +566,7 @@ fn split(
     topo: &Topology,
     q: &Arc<Replies>,
     out: &mut Outbox,
+    lane: Lane,
     frame: Bytes,
     req: &redis::Request,
     cmd: &redis::Command,
@@ -635,6 +597,7 @@ fn split(
             q,
             out,
             parts[0].0,
+            lane,
             smallvec![resp_frame(frame, req)],
             Framing::Redis,
         );
@@ -656,6 +619,7 @@ fn split(
         topo,
         q,
         out,
+        lane,
         requests,
         Framing::Redis,
         GatherMerge::Redis { merge, part_of_key },

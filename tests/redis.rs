@@ -183,9 +183,147 @@ fn proxy_answers_ping_echo_select_command_and_quit() {
     c.expect(&cmd("SELECT 0"), b"+OK\r\n");
     c.send(&cmd("SELECT 1"));
     assert!(c.line().starts_with(b"-ERR "));
-    c.expect(&cmd("COMMAND"), b"*0\r\n");
+    // COMMAND is a server's own answer.
+    c.send(&cmd("COMMAND COUNT"));
+    let count = String::from_utf8(c.line()).unwrap();
+    assert!(count.trim()[1..].parse::<u32>().unwrap() > 200, "{count}");
+    c.expect(&cmd("COMMAND GETKEYS SET k v"), b"*1\r\n$1\r\nk\r\n");
     c.expect(&cmd("QUIT"), b"+OK\r\n");
     assert!(c.closed());
+}
+
+/// The reply to `HELLO` as Redis 7.0 sends it, with legate's id for the connection.
+fn hello_reply(resp3: bool, id: u64) -> Vec<u8> {
+    let head = if resp3 { "%7" } else { "*14" };
+    let proto = if resp3 { 3 } else { 2 };
+    format!(
+        "{head}\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$5\r\n7.0.0\r\n$5\r\nproto\r\n:{proto}\r\n\
+         $2\r\nid\r\n:{id}\r\n$4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r\n*0\r\n"
+    )
+    .into_bytes()
+}
+
+fn client_id(c: &mut Client) -> u64 {
+    c.send(&cmd("CLIENT ID"));
+    let l = String::from_utf8(c.line()).unwrap();
+    l.trim().strip_prefix(':').unwrap().parse().unwrap()
+}
+
+/// The handshake and connection state a client library relies on, answered as Redis 7.0 would
+/// (error texts included), per connection.
+#[test]
+fn hello_client_and_reset_are_answered_per_connection() {
+    let s = setup();
+    let mut c = s.client();
+    let id = client_id(&mut c);
+    let mut other = s.client();
+    assert_ne!(client_id(&mut other), id, "every connection has its own id");
+    c.expect(&cmd("HELLO 4"), b"-NOPROTO unsupported protocol version\r\n");
+    c.expect(
+        &cmd("HELLO x"),
+        b"-ERR Protocol version is not an integer or out of range\r\n",
+    );
+    c.expect(&cmd("HELLO 3 FOO"), b"-ERR Syntax error in HELLO option 'FOO'\r\n");
+    c.expect(
+        &cmd("HELLO 3 AUTH bob pw"),
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+    );
+    c.expect(&cmd("HELLO"), &hello_reply(false, id));
+    c.expect(&cmd("HELLO 3 SETNAME app"), &hello_reply(true, id));
+    c.expect(&cmd("CLIENT GETNAME"), b"$3\r\napp\r\n");
+    other.expect(&cmd("CLIENT GETNAME"), b"$-1\r\n");
+    c.expect(
+        &cmd("CLIENT SETNAME"),
+        b"-ERR wrong number of arguments for 'client|setname' command\r\n",
+    );
+    c.expect(
+        &resp(&[b"CLIENT", b"SETNAME", b"a b"]),
+        b"-ERR Client names cannot contain spaces, newlines or special characters.\r\n",
+    );
+    c.expect(&cmd("CLIENT SETINFO lib-name redis-py"), b"+OK\r\n");
+    c.expect(&cmd("CLIENT SETINFO lib-ver 1.0"), b"+OK\r\n");
+    c.expect(&cmd("CLIENT NO-EVICT on"), b"+OK\r\n");
+    c.expect(&cmd("CLIENT NO-TOUCH maybe"), b"-ERR syntax error\r\n");
+    c.expect(
+        &cmd("CLIENT FOO"),
+        b"-ERR unknown subcommand 'FOO'. Try CLIENT HELP.\r\n",
+    );
+    // CLIENT INFO is a verbatim string in RESP3.
+    c.send(&cmd("CLIENT INFO"));
+    let head = String::from_utf8(c.line()).unwrap();
+    let len: usize = head.trim().strip_prefix('=').unwrap().parse().unwrap();
+    let info = String::from_utf8(c.exact(len + 2)).unwrap();
+    assert!(info.starts_with(&format!("txt:id={id} ")), "{info}");
+    for field in [
+        "name=app ",
+        "flags=e ",
+        "resp=3 ",
+        "lib-name=redis-py ",
+        "lib-ver=1.0\n",
+    ] {
+        assert!(info.contains(field), "{field} not in {info}");
+    }
+    c.expect(
+        &cmd("CLIENT SETNAME"),
+        b"-ERR wrong number of arguments for 'client|setname' command\r\n",
+    );
+    c.expect(&resp(&[b"CLIENT", b"SETNAME", b""]), b"+OK\r\n");
+    c.expect(&cmd("CLIENT GETNAME"), b"_\r\n");
+    c.expect(&cmd("PING"), b"+PONG\r\n");
+    c.expect(&cmd("READONLY"), b"+OK\r\n");
+    c.expect(&cmd("READWRITE"), b"+OK\r\n");
+    c.expect(&cmd("SELECT 99"), b"-ERR DB index is out of range\r\n");
+    c.expect(&cmd("SELECT x"), b"-ERR value is not an integer or out of range\r\n");
+    // CLIENT REPLY: OFF answers nothing (not even errors) until ON; SKIP drops the next reply.
+    c.send(&cmd("CLIENT REPLY OFF"));
+    c.send(&cmd("SET quiet 1"));
+    c.send(&cmd("GET"));
+    c.send(&cmd("PING"));
+    c.expect(&cmd("CLIENT REPLY ON"), b"+OK\r\n");
+    c.send(&cmd("CLIENT REPLY SKIP"));
+    c.send(&cmd("INCR quiet"));
+    c.expect(&cmd("GET quiet"), b"$1\r\n2\r\n");
+    // RESET: back to RESP2, no name, the same id.
+    c.expect(&cmd("RESET"), b"+RESET\r\n");
+    c.expect(&cmd("HELLO"), &hello_reply(false, id));
+    c.expect(&cmd("AUTH default anything"), b"+OK\r\n");
+    c.expect(&cmd("AUTH a b c"), b"-ERR syntax error\r\n");
+    c.expect(&cmd("QUIT"), b"+OK\r\n");
+    assert!(c.closed());
+}
+
+/// A pool with `redis_auth`: the handshake authenticates (HELLO AUTH or AUTH), RESET
+/// deauthenticates, and nothing runs before.
+#[test]
+fn hello_auth_and_reset_on_a_pool_with_a_password() {
+    let backend = common::redis_server_with(free_port(), &["--requirepass", "s3cret"]);
+    let port = free_port();
+    let _l = legate(
+        &pool_yaml("rd", port, true, &[backend.port], "  redis_auth: s3cret\n"),
+        port,
+    );
+    let mut c = Client::connect(port);
+    c.expect(&cmd("CLIENT ID"), b"-NOAUTH Authentication required.\r\n");
+    c.expect(
+        &cmd("HELLO 3"),
+        b"-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n",
+    );
+    c.expect(
+        &cmd("HELLO 3 AUTH default wrong"),
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+    );
+    c.send(&cmd("HELLO 3 AUTH default s3cret"));
+    assert_eq!(c.line(), b"%7\r\n");
+    c.until(b"*0\r\n");
+    c.expect(&cmd("SET k v"), b"+OK\r\n");
+    c.expect(&cmd("RESET"), b"+RESET\r\n");
+    c.expect(&cmd("GET k"), b"-NOAUTH Authentication required.\r\n");
+    c.expect(
+        &cmd("AUTH nobody s3cret"),
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+    );
+    c.expect(&cmd("AUTH default s3cret"), b"+OK\r\n");
+    c.expect(&cmd("GET k"), b"$1\r\nv\r\n");
 }
 
 #[test]
