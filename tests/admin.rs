@@ -116,7 +116,7 @@ fn counters_match_the_traffic_and_stats_has_every_twemproxy_field() {
         r.expect(&cmd(&format!("SET c{i} v")), b"+OK\r\n");
     }
     r.expect(&cmd("PING"), b"+PONG\r\n");
-    r.send(&cmd("KEYS *"));
+    r.send(&cmd("MONITOR"));
     r.line();
     let (_, m) = http(s.admin, "GET", "/metrics");
     assert_eq!(
