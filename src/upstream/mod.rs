@@ -271,6 +271,8 @@ impl Server {
     /// # Errors
     /// The server cannot be reached or answers something else.
     pub async fn info(&self) -> Result<String, String> {
+        /// Redis INFO and memcached stats are a few KB: anything past this is refused.
+        const STATS_REPLY_BYTES: usize = 1024 * 1024;
         let ask = async {
             let mut s = connect(&self.target, false).await.map_err(|f| f.reason)?;
             if self.target.protocol == Protocol::Tcp {
@@ -281,8 +283,12 @@ impl Server {
                 .await
                 .map_err(|e| e.to_string())?;
             let mut buf = BytesMut::new();
-            let mut scan = redis::ReplyScan::default();
+            let mut scan = redis::ReplyScan::with_limit(STATS_REPLY_BYTES);
             loop {
+                if buf.len() > STATS_REPLY_BYTES {
+                    // Not statistics: a server (or whatever listens there) streaming at us.
+                    return Err(format!("statistics reply over {STATS_REPLY_BYTES} bytes"));
+                }
                 if redis {
                     if let Some(n) = redis::scan_reply(&buf, &mut scan).map_err(|e| e.to_string())? {
                         let reply = &buf[..n];
