@@ -692,6 +692,7 @@ pub fn memcache_binary(
                 topo,
                 q,
                 out,
+                Lane::Binary,
                 requests,
                 framing,
                 GatherMerge::McBinary { opcode, opaque },

@@ -403,6 +403,10 @@ impl Outbox {
 
     /// Queue `job` for `server` on `lane`.
     pub fn push_lane(&mut self, server: usize, lane: Lane, job: Job) {
+        debug_assert!(
+            !matches!(job.framing, Framing::MemcacheBinary(_)) || lane == Lane::Binary,
+            "a binary request on a text connection"
+        );
         match self.per_server.iter_mut().find(|(s, l, _)| *s == server && *l == lane) {
             Some((_, _, jobs)) => jobs.push(job),
             None => self.per_server.push((server, lane, vec![job])),
