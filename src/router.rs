@@ -1006,6 +1006,7 @@ fn unknown_command(unknown: redis::Unknown, frame: &Bytes, req: &redis::Request)
 }
 
 /// MGET, MSET, DEL…: one request per shard with that shard's keys, replies merged in key order.
+#[allow(clippy::too_many_arguments)]
 fn split(
     topo: &Topology,
     q: &Arc<Replies>,
