@@ -197,3 +197,85 @@ pub fn config(data: &[u8]) {
         assert_eq!(legate::config::Config::parse(text).ok(), Some(c));
     }
 }
+
+fn memcache_binary_parse(b: &[u8]) -> Result<Parse<memcache::binary::Request>, (usize, bool)> {
+    memcache::binary::parse_request(b).map_err(|e| (e.consumed, e.fatal))
+}
+
+/// memcache binary requests: frames stay inside the input and any split decodes to the same
+/// frames; a frame's extras, key and value tile its body and re-encode to the same bytes; the
+/// error response for a refused request is a response the reply scanner accepts for it; and the
+/// reply scanner finds the same end whether a reply arrives whole or in two pieces.
+pub fn memcache_binary(data: &[u8]) {
+    use memcache::binary::{self as bin, ReplyFrame, ReplyShape};
+    same_frames_for_every_split(data, memcache_binary_parse, |r: &bin::Request| r.len);
+    match bin::parse_request(data) {
+        Ok(Parse::Complete(r)) => {
+            assert!(r.len <= data.len() && r.len >= bin::HEADER);
+            assert_eq!((r.extras.start, r.extras.end), (bin::HEADER, r.key.start));
+            assert_eq!(
+                (r.key.end, r.value.start, r.value.end),
+                (r.value.start, r.key.end, r.len)
+            );
+            if matches!(r.kind, bin::Kind::Read | bin::Kind::Write) {
+                assert!(!r.key.is_empty() && r.key.len() <= memcache::MAX_KEY_BYTES);
+            }
+            let h = r.header;
+            let mut out = bytes::BytesMut::new();
+            bin::encode(
+                &mut out,
+                bin::REQUEST_MAGIC,
+                h.opcode,
+                h.status,
+                h.opaque,
+                h.cas,
+                &data[r.extras.clone()],
+                &data[r.key.clone()],
+                &data[r.value.clone()],
+            );
+            assert_eq!(&out[..], &data[..r.len], "re-encoding changed the request");
+        }
+        Ok(Parse::Incomplete(_)) => {}
+        Err(e) => {
+            assert!(e.consumed <= data.len());
+            let resp = e.response();
+            let frame = ReplyFrame {
+                opcode: e.opcode,
+                opaque: e.opaque,
+                shape: ReplyShape::One,
+            };
+            assert_eq!(
+                bin::scan_reply(&resp, frame, &mut bin::ReplyScan::default()),
+                Ok(Some(resp.len()))
+            );
+        }
+    }
+    if data.len() >= 5 {
+        let opaque = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
+        for shape in [ReplyShape::One, ReplyShape::Quiet, ReplyShape::Stat] {
+            let frame = ReplyFrame {
+                opcode: data[4],
+                opaque,
+                shape,
+            };
+            let reply = &data[5..];
+            let whole = bin::scan_reply(reply, frame, &mut bin::ReplyScan::default());
+            if let Ok(Some(n)) = whole {
+                assert!(n <= reply.len() && n >= bin::HEADER);
+                assert!(!bin::packets(&reply[..n]).is_empty());
+            }
+            for cut in splits(reply) {
+                let first = bin::scan_reply(&reply[..cut], frame, &mut bin::ReplyScan::default());
+                if let (Ok(Some(n)), Ok(w)) = (&first, &whole) {
+                    assert_eq!(Some(*n), *w, "{shape:?} reply split at {cut}");
+                }
+                if let (Ok(w), Ok(None)) = (&whole, &first) {
+                    assert!(
+                        w.is_none_or(|n| n > cut),
+                        "{shape:?}: complete at {w:?} yet incomplete at {cut}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -5,8 +5,8 @@
 //! - [`adapter`]: backend statistics (Redis INFO, memcached stats) under one set of metric names.
 //! - [`config`]: twemproxy's YAML (and legate's extensions) parsed and validated.
 //! - [`hash`]: the 12 twemproxy hash functions, hash tags, and the ketama/modula/random rings.
-//! - [`protocol`]: pure codecs: memcache text and Redis RESP requests and reply scanners, and the
-//!   Redis command table (each command's arity, key positions and route).
+//! - [`protocol`]: pure codecs: memcache text and binary, Redis RESP requests and reply scanners,
+//!   and the Redis command table (each command's arity, key positions and route).
 //! - [`topology`]: a pool's servers, ring and connections as one immutable snapshot.
 //! - [`router`]: a parsed request -> the server(s) it goes to, split and merged when needed; a
 //!   Redis connection's own state (HELLO, AUTH, CLIENT, RESET …) answered in `router/session.rs`.

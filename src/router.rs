@@ -6,6 +6,7 @@
 
 use crate::config::Protocol;
 use crate::metrics::Class;
+use crate::protocol::memcache::binary::{self as bin, op, status, ReplyFrame, ReplyShape};
 use crate::protocol::memcache::{self, Command};
 use crate::protocol::redis::{self, Fan, Merge, Route};
 use crate::replies::Replies;
@@ -38,6 +39,14 @@ pub enum GatherMerge {
     McValues { keys: Vec<Bytes>, part_of_key: Vec<u32> },
     /// memcache flush_all: OK when every server said OK.
     McAllOk,
+    /// One memcache binary request (a gather of one, so a failure is answered in binary with
+    /// the request's opcode and opaque), or a binary flush sent to every server: the first
+    /// reply with an error status, else the first reply.
+    McBinary { opcode: u8, opaque: u32 },
+    /// memcache version from every server: the lowest; `binary`: the client's opaque.
+    McVersion { binary: Option<u32> },
+    /// memcache stats from every server, summed as one server's, plus legate's own.
+    McStats(Box<StatsMerge>),
     /// Redis MGET / DEL-like / MSET.
     Redis { merge: Merge, part_of_key: Vec<u32> },
     /// A Redis command sent to every shard (in shard order), merged for a client speaking RESP3
@@ -48,6 +57,28 @@ pub enum GatherMerge {
 }
 
 const NO_SERVER: &str = "no server available";
+
+/// How a `stats` request's per-server answers become one.
+#[derive(Debug)]
+pub struct StatsMerge {
+    /// The `stats` argument (`settings`, `items`, `slabs`, `proxy`, ...); empty for plain stats.
+    pub arg: Vec<u8>,
+    /// The binary client's opaque, or `None` for a text client.
+    pub binary: Option<u32>,
+    pub pool: Arc<crate::metrics::PoolStats>,
+    /// Per server (in pool order, as the replies are): its name and legate's counters for it.
+    pub servers: Vec<(String, Arc<crate::metrics::ServerStats>)>,
+}
+
+impl GatherMerge {
+    /// A split request that still answers when some servers failed (with what the others said).
+    pub fn answers_partially(&self) -> bool {
+        matches!(
+            self,
+            GatherMerge::McValues { .. } | GatherMerge::McVersion { .. } | GatherMerge::McStats(_)
+        )
+    }
+}
 
 /// The error reply a client sees when a server could not answer.
 pub fn error_reply(protocol: Protocol, msg: &str) -> Bytes {
@@ -137,11 +168,15 @@ pub fn memcache(
     frame: Bytes,
     req: &memcache::Request,
 ) -> Option<Slot> {
+    if topo.pool.memcache_auth.is_some() {
+        // memcached with SASL serves no text command either.
+        topo.stats.request(Class::Error);
+        return Some(Slot::Close(Bytes::from_static(
+            b"CLIENT_ERROR authentication required: this pool takes binary-protocol SASL clients only\r\n",
+        )));
+    }
     let framing = Framing::Memcache(req.reply_kind());
-    if matches!(
-        req.command,
-        Command::Version | Command::Verbosity | Command::Quit | Command::Stats
-    ) {
+    if matches!(req.command, Command::Verbosity | Command::Quit) {
         topo.stats.request(Class::Proxy);
     }
     match req.command {
@@ -201,13 +236,13 @@ pub fn memcache(
             topo.stats.request(Class::Proxy);
             Some(Slot::Ready(Bytes::from_static(b"MN\r\n")))
         }
-        Command::Version => Some(Slot::Ready(Bytes::from(format!(
-            "VERSION legate-{}\r\n",
-            env!("CARGO_PKG_VERSION")
-        )))),
+        Command::Version => Some(ask_every_server(topo, q, out, op::VERSION, b"", version_merge(None))),
         Command::Verbosity => (!req.noreply).then(|| Slot::Ready(Bytes::from_static(b"OK\r\n"))),
         Command::Quit => Some(Slot::Close(Bytes::new())),
-        Command::Stats => Some(Slot::Ready(proxy_stats())),
+        Command::Stats => {
+            let arg = req.keys.first().map(|r| &frame[r.clone()]).unwrap_or_default();
+            Some(ask_stats(topo, q, out, arg, None))
+        }
         Command::FlushAll => {
             if req.noreply {
                 topo.stats.request(Class::Multi);
@@ -268,19 +303,428 @@ pub fn mark_start() {
     STARTED.get_or_init(std::time::Instant::now);
 }
 
-/// The proxy's own answer to `stats`: who answers, and for how long it has.
-fn proxy_stats() -> Bytes {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let uptime = STARTED.get_or_init(std::time::Instant::now).elapsed().as_secs();
-    Bytes::from(format!(
-        "STAT pid {}\r\nSTAT uptime {uptime}\r\nSTAT time {now}\r\nSTAT version legate-{}\r\nSTAT pointer_size {}\r\nEND\r\n",
-        std::process::id(),
-        env!("CARGO_PKG_VERSION"),
-        usize::BITS
-    ))
+/// The proxy's start, for `stats` uptime.
+fn uptime() -> u64 {
+    STARTED.get_or_init(std::time::Instant::now).elapsed().as_secs()
+}
+
+/// What a memcache client's connection remembers between requests.
+#[derive(Debug, Default)]
+pub struct MemcacheSession {
+    /// Decided by the first byte the client sends: 0x80 is the binary protocol.
+    pub binary: Option<bool>,
+    /// SASL PLAIN succeeded (pools with `memcache_auth`).
+    pub authed: bool,
+}
+
+/// Ask every server of the pool one binary request of legate's own (VERSION or STAT), whatever
+/// protocol the client speaks, and merge the answers with `merge`.
+fn ask_every_server(
+    topo: &Topology,
+    q: &Arc<Replies>,
+    out: &mut Outbox,
+    opcode: u8,
+    key: &[u8],
+    merge: GatherMerge,
+) -> Slot {
+    topo.stats.request(Class::Proxy);
+    let request = bin::simple_request(opcode, 0, key);
+    let shape = if opcode == op::STAT {
+        ReplyShape::Stat
+    } else {
+        ReplyShape::One
+    };
+    let framing = Framing::MemcacheBinary(ReplyFrame {
+        opcode,
+        opaque: 0,
+        shape,
+    });
+    if let Some(parts) = q.expect_gather(topo.servers.len(), merge) {
+        for (server, done) in parts.into_iter().enumerate() {
+            out.push(
+                server,
+                Job {
+                    parts: smallvec![request.clone()],
+                    framing,
+                    done: Some(done),
+                },
+            );
+        }
+    }
+    Slot::Queued
+}
+
+fn version_merge(binary: Option<u32>) -> GatherMerge {
+    GatherMerge::McVersion { binary }
+}
+
+/// `stats <arg>` of every server, merged; `stats proxy` (legate's) asks for their plain stats.
+fn ask_stats(topo: &Topology, q: &Arc<Replies>, out: &mut Outbox, arg: &[u8], binary: Option<u32>) -> Slot {
+    let ask = if arg == b"proxy" { b"" } else { arg };
+    ask_every_server(topo, q, out, op::STAT, ask, stats_merge(topo, arg, binary))
+}
+
+fn stats_merge(topo: &Topology, arg: &[u8], binary: Option<u32>) -> GatherMerge {
+    GatherMerge::McStats(Box::new(StatsMerge {
+        arg: arg.to_vec(),
+        binary,
+        pool: topo.stats.clone(),
+        servers: topo.servers.iter().map(|s| (s.name.clone(), s.stats.clone())).collect(),
+    }))
+}
+
+/// `1.6.18` as numbers, for ordering versions (non-numeric parts order last).
+fn version_key(v: &str) -> Vec<u64> {
+    v.split(|c: char| !c.is_ascii_digit())
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse().unwrap_or(u64::MAX))
+        .collect()
+}
+
+/// The successful value of each server's one-packet binary reply (empty replies skipped).
+fn values_of(replies: &[Bytes]) -> impl Iterator<Item = (bin::Header, &[u8])> {
+    replies
+        .iter()
+        .flat_map(|r| bin::packets(r).into_iter().map(move |(h, _, v)| (h, &r[v])))
+}
+
+/// The lowest version any server reported.
+fn merge_versions(binary: Option<u32>, replies: &[Bytes]) -> Bytes {
+    let lowest = values_of(replies)
+        .filter(|(h, _)| h.opcode == op::VERSION && h.status == status::OK)
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        .min_by_key(|v| version_key(v));
+    match (lowest, binary) {
+        (Some(v), Some(opaque)) => bin::response(op::VERSION, status::OK, opaque, v.as_bytes()),
+        (Some(v), None) => Bytes::from(format!("VERSION {v}\r\n")),
+        (None, Some(opaque)) => bin::error_response(op::VERSION, status::TEMPORARY_FAILURE, opaque, NO_SERVER),
+        (None, None) => error_reply(Protocol::Memcache, NO_SERVER),
+    }
+}
+
+/// How one statistic of many servers becomes one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Combine {
+    Sum,
+    Max,
+    Min,
+    First,
+}
+
+fn combine_rule(arg: &[u8], name: &str) -> Combine {
+    match arg {
+        b"" => match name {
+            "pointer_size" | "libevent" => Combine::First,
+            "accepting_conns" => Combine::Min,
+            "hash_power_level" | "hash_is_expanding" => Combine::Max,
+            _ => Combine::Sum,
+        },
+        b"settings" => match name {
+            "maxbytes" | "maxconns" => Combine::Sum,
+            _ => Combine::First,
+        },
+        b"items" if name.ends_with("age") || name.ends_with("_time") => Combine::Max,
+        b"slabs" if name.ends_with("chunk_size") || name.ends_with("chunks_per_page") || name == "active_slabs" => {
+            Combine::Max
+        }
+        _ => Combine::Sum,
+    }
+}
+
+/// Combine two values by `rule`: integers and decimals as numbers, anything else keeps the first.
+fn combine(rule: Combine, a: &str, b: &str) -> String {
+    if rule == Combine::First {
+        return a.to_string();
+    }
+    if let (Ok(x), Ok(y)) = (a.parse::<i64>(), b.parse::<i64>()) {
+        return match rule {
+            Combine::Max => x.max(y),
+            Combine::Min => x.min(y),
+            _ => x.saturating_add(y),
+        }
+        .to_string();
+    }
+    if let (Ok(x), Ok(y)) = (a.parse::<f64>(), b.parse::<f64>()) {
+        if a.contains('.') || b.contains('.') {
+            let v = match rule {
+                Combine::Max => x.max(y),
+                Combine::Min => x.min(y),
+                _ => x + y,
+            };
+            return format!("{v:.6}");
+        }
+    }
+    a.to_string()
+}
+
+/// Each server's STAT packets as (name, value), or the first error reply met.
+fn stat_lists(replies: &[Bytes]) -> Result<Vec<Vec<(String, String)>>, bin::Header> {
+    let mut lists = Vec::with_capacity(replies.len());
+    for r in replies {
+        let mut list = Vec::new();
+        for (h, k, v) in bin::packets(r) {
+            if h.opcode != op::STAT {
+                continue;
+            }
+            if h.status != status::OK {
+                return Err(h);
+            }
+            if !k.is_empty() {
+                list.push((
+                    String::from_utf8_lossy(&r[k]).into_owned(),
+                    String::from_utf8_lossy(&r[v]).into_owned(),
+                ));
+            }
+        }
+        lists.push(list);
+    }
+    Ok(lists)
+}
+
+/// Every server's `stats` as one server's, legate's own counters after them (twemproxy's names),
+/// or per server under `<server>:` for `stats proxy`.
+fn merge_stats(m: &StatsMerge, replies: &[Bytes]) -> Bytes {
+    use std::sync::atomic::Ordering::Relaxed;
+    let lists = match stat_lists(replies) {
+        Ok(l) => l,
+        Err(h) => {
+            return match m.binary {
+                Some(opaque) => bin::error_response(op::STAT, h.status, opaque, bin::status_text(h.status)),
+                None => Bytes::from_static(memcache::ERROR.as_bytes()),
+            }
+        }
+    };
+    let mut stats: Vec<(String, String)> = Vec::new();
+    if m.arg == b"proxy" {
+        for ((name, st), list) in m.servers.iter().zip(&lists) {
+            let own = [
+                ("requests", st.requests.load(Relaxed) as i64),
+                ("request_bytes", st.request_bytes.load(Relaxed) as i64),
+                ("responses", st.responses.load(Relaxed) as i64),
+                ("response_bytes", st.response_bytes.load(Relaxed) as i64),
+                ("server_eof", st.server_eof.load(Relaxed) as i64),
+                ("server_err", st.server_err.load(Relaxed) as i64),
+                ("server_timedout", st.server_timedout.load(Relaxed) as i64),
+                ("server_connections", st.server_connections.load(Relaxed)),
+                ("server_ejected_at", st.ejected_at.load(Relaxed) as i64),
+                ("in_queue", st.in_flight.load(Relaxed)),
+            ];
+            stats.extend(own.iter().map(|(k, v)| (format!("{name}:{k}"), v.to_string())));
+            stats.extend(list.iter().map(|(k, v)| (format!("{name}:{k}"), v.clone())));
+        }
+    } else {
+        let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for list in &lists {
+            for (k, v) in list {
+                match index.get(k) {
+                    Some(&i) => stats[i].1 = combine(combine_rule(&m.arg, k), &stats[i].1, v),
+                    None => {
+                        index.insert(k.clone(), stats.len());
+                        stats.push((k.clone(), v.clone()));
+                    }
+                }
+            }
+        }
+        if m.arg.is_empty() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let lowest = lists
+                .iter()
+                .flat_map(|l| l.iter().filter(|(k, _)| k == "version").map(|(_, v)| v))
+                .min_by_key(|v| version_key(v))
+                .cloned();
+            for (k, v) in &mut stats {
+                match k.as_str() {
+                    "pid" => *v = std::process::id().to_string(),
+                    "uptime" => *v = uptime().to_string(),
+                    "time" => *v = now.to_string(),
+                    "version" => *v = lowest.clone().unwrap_or_default(),
+                    _ => {}
+                }
+            }
+            let p = &m.pool;
+            let own = [
+                ("client_eof", p.client_eof.load(Relaxed) as i64),
+                ("client_err", p.client_err.load(Relaxed) as i64),
+                ("client_connections", p.client_connections.load(Relaxed)),
+                ("server_ejects", p.server_ejects.load(Relaxed) as i64),
+                ("forward_error", p.forward_error.load(Relaxed) as i64),
+                ("fragments", p.fragments.load(Relaxed) as i64),
+            ];
+            stats.extend(own.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            stats.push(("proxy_version".into(), format!("legate-{}", env!("CARGO_PKG_VERSION"))));
+        }
+    }
+    let mut b = BytesMut::with_capacity(32 * stats.len() + 16);
+    match m.binary {
+        Some(opaque) => {
+            for (k, v) in &stats {
+                bin::encode(
+                    &mut b,
+                    bin::RESPONSE_MAGIC,
+                    op::STAT,
+                    status::OK,
+                    opaque,
+                    0,
+                    &[],
+                    k.as_bytes(),
+                    v.as_bytes(),
+                );
+            }
+            bin::encode(
+                &mut b,
+                bin::RESPONSE_MAGIC,
+                op::STAT,
+                status::OK,
+                opaque,
+                0,
+                &[],
+                &[],
+                &[],
+            );
+        }
+        None if m.arg == b"reset" => b.put_slice(b"RESET\r\n"),
+        None => {
+            for (k, v) in &stats {
+                b.put_slice(b"STAT ");
+                b.put_slice(k.as_bytes());
+                b.put_u8(b' ');
+                b.put_slice(v.as_bytes());
+                b.put_slice(b"\r\n");
+            }
+            b.put_slice(b"END\r\n");
+        }
+    }
+    b.freeze()
+}
+
+/// Check SASL PLAIN credentials (`[authzid] NUL authcid NUL password`) against `memcache_auth`
+/// (`user:password`, or `password` for any user).
+fn sasl_plain_ok(configured: &str, given: &[u8]) -> bool {
+    let mut fields = given.split(|&c| c == 0);
+    let (Some(_authzid), Some(user), Some(password), None) =
+        (fields.next(), fields.next(), fields.next(), fields.next())
+    else {
+        return false;
+    };
+    match configured.split_once(':') {
+        Some((u, p)) => user == u.as_bytes() && password == p.as_bytes(),
+        None => password == configured.as_bytes(),
+    }
+}
+
+/// Route one memcache binary request. `None`: nothing goes back to the client.
+pub fn memcache_binary(
+    topo: &Topology,
+    q: &Arc<Replies>,
+    out: &mut Outbox,
+    frame: Bytes,
+    req: &bin::Request,
+    session: &mut MemcacheSession,
+) -> Option<Slot> {
+    use bin::Kind;
+    let (opcode, opaque) = (req.header.opcode, req.header.opaque);
+    let answer = |status: u16, value: &[u8]| Some(Slot::Ready(bin::response(opcode, status, opaque, value)));
+    let refuse = |status: u16, message: &str| Some(Slot::Ready(bin::error_response(opcode, status, opaque, message)));
+    let sasl = matches!(req.kind, Kind::SaslListMechs | Kind::SaslAuth | Kind::SaslStep);
+    if sasl || !matches!(req.kind, Kind::Read | Kind::Write) {
+        topo.stats.request(Class::Proxy);
+    }
+    match (&topo.pool.memcache_auth, req.kind) {
+        (None, _) if sasl => return refuse(status::UNKNOWN_COMMAND, "Unknown command"),
+        (Some(_), Kind::SaslListMechs) => return answer(status::OK, b"PLAIN"),
+        (Some(cred), Kind::SaslAuth) => {
+            if &frame[req.key.clone()] == b"PLAIN" && sasl_plain_ok(cred, &frame[req.value.clone()]) {
+                session.authed = true;
+                return answer(status::OK, b"Authenticated");
+            }
+            session.authed = false;
+            return refuse(status::AUTH_ERROR, "Auth failure.");
+        }
+        (Some(_), Kind::SaslStep) => return refuse(status::AUTH_ERROR, "Auth failure."),
+        (Some(_), Kind::Quit) => {}
+        (Some(_), _) if !session.authed => return refuse(status::AUTH_ERROR, "Auth failure."),
+        _ => {}
+    }
+    let quiet = req.quiet();
+    match req.kind {
+        Kind::Read | Kind::Write => {
+            let Some(server) = topo.server_for(&frame[req.key.clone()]) else {
+                return refuse(status::TEMPORARY_FAILURE, NO_SERVER);
+            };
+            topo.stats.request(Class::Single);
+            let (parts, shape) = if quiet {
+                // A quiet request may get no answer: the NOOP after it always does.
+                (
+                    smallvec![frame, bin::simple_request(op::NOOP, opaque, b"")],
+                    ReplyShape::Quiet,
+                )
+            } else {
+                (smallvec![frame], ReplyShape::One)
+            };
+            let framing = Framing::MemcacheBinary(ReplyFrame { opcode, opaque, shape });
+            if let Some(mut done) = q.expect_gather(1, GatherMerge::McBinary { opcode, opaque }) {
+                out.push(
+                    server,
+                    Job {
+                        parts,
+                        framing,
+                        done: done.pop(),
+                    },
+                );
+            }
+            Some(Slot::Queued)
+        }
+        Kind::Flush => {
+            topo.stats.request(Class::Multi);
+            let (request, shape) = if quiet {
+                let mut b = BytesMut::from(&frame[..]);
+                b.extend_from_slice(&bin::simple_request(op::NOOP, opaque, b""));
+                (b.freeze(), ReplyShape::Quiet)
+            } else {
+                (frame, ReplyShape::One)
+            };
+            let framing = Framing::MemcacheBinary(ReplyFrame { opcode, opaque, shape });
+            let requests = (0..topo.servers.len()).map(|s| (s, request.clone())).collect();
+            Some(send_gather(
+                topo,
+                q,
+                out,
+                Lane::Binary,
+                requests,
+                framing,
+                GatherMerge::McBinary { opcode, opaque },
+            ))
+        }
+        Kind::Noop => answer(status::OK, b""),
+        Kind::Verbosity => answer(status::OK, b""),
+        Kind::Quit => Some(Slot::Close(if quiet {
+            Bytes::new()
+        } else {
+            bin::response(opcode, status::OK, opaque, b"")
+        })),
+        Kind::Version => Some(ask_every_server(
+            topo,
+            q,
+            out,
+            op::VERSION,
+            b"",
+            version_merge(Some(opaque)),
+        )),
+        Kind::Stat => Some(ask_stats(topo, q, out, &frame[req.key.clone()], Some(opaque))),
+        Kind::SaslListMechs | Kind::SaslAuth | Kind::SaslStep => refuse(status::AUTH_ERROR, "Auth failure."),
+    }
+}
+
+/// The reply to a binary request the parser refused.
+pub fn memcache_binary_error(e: &bin::RequestError) -> Slot {
+    if e.fatal {
+        Slot::Close(e.response())
+    } else {
+        Slot::Ready(e.response())
+    }
 }
 
 fn redis_error(msg: String) -> Slot {
@@ -562,6 +1006,7 @@ fn unknown_command(unknown: redis::Unknown, frame: &Bytes, req: &redis::Request)
 }
 
 /// MGET, MSET, DEL…: one request per shard with that shard's keys, replies merged in key order.
+#[allow(clippy::too_many_arguments)]
 fn split(
     topo: &Topology,
     q: &Arc<Replies>,
@@ -691,6 +1136,14 @@ pub fn merge(merge: &GatherMerge, replies: &[Bytes]) -> Bytes {
             out.put_slice(b"END\r\n");
             out.freeze()
         }
+        GatherMerge::McBinary { .. } => replies
+            .iter()
+            .find(|r| r.len() >= bin::HEADER && bin::Header::read(r).status != status::OK)
+            .or(replies.first())
+            .cloned()
+            .unwrap_or_default(),
+        GatherMerge::McVersion { binary } => merge_versions(*binary, replies),
+        GatherMerge::McStats(m) => merge_stats(m, replies),
         GatherMerge::McAllOk => replies
             .iter()
             .find(|r| &r[..] != b"OK\r\n")
@@ -762,4 +1215,18 @@ pub fn merge(merge: &GatherMerge, replies: &[Bytes]) -> Bytes {
 /// The reply to send for a failed job.
 pub fn failure(protocol: Protocol, e: &UpstreamError) -> Bytes {
     error_reply(protocol, &e.to_string())
+}
+
+/// The reply to send for a split request that failed: in binary for a binary client.
+pub fn gather_failure(merge: &GatherMerge, protocol: Protocol, e: &UpstreamError) -> Bytes {
+    let binary = match merge {
+        GatherMerge::McBinary { opcode, opaque } => Some((*opcode, *opaque)),
+        GatherMerge::McVersion { binary: Some(opaque) } => Some((op::VERSION, *opaque)),
+        GatherMerge::McStats(m) => m.binary.map(|opaque| (op::STAT, opaque)),
+        _ => None,
+    };
+    match binary {
+        Some((opcode, opaque)) => bin::error_response(opcode, status::TEMPORARY_FAILURE, opaque, &e.to_string()),
+        None => failure(protocol, e),
+    }
 }

@@ -41,9 +41,9 @@ fn request(r: &mut BufReader<TcpStream>) -> Option<String> {
     if r.read_line(&mut line).ok()? == 0 {
         return None;
     }
-    if line.starts_with('*') {
+    if let Some(count) = line.strip_prefix('*') {
         // RESP: read the bulk strings of the array.
-        let n: usize = line[1..].trim().parse().ok()?;
+        let n: usize = count.trim().parse().ok()?;
         let mut args = Vec::new();
         for _ in 0..n {
             let mut h = String::new();
@@ -539,7 +539,7 @@ fn redis_a_server_that_never_answers_times_out_its_requests_only() {
 }
 
 fn closes_on_accept(redis: bool) {
-    let (port, accepted) = fake(|s| drop(s));
+    let (port, accepted) = fake(drop);
     let s = fault(
         redis,
         "closes on accept",

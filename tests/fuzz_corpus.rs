@@ -25,6 +25,11 @@ fn memcache_request_corpus() {
 }
 
 #[test]
+fn memcache_binary_corpus() {
+    replay("memcache_binary", invariants::memcache_binary);
+}
+
+#[test]
 fn redis_request_corpus() {
     replay("redis_request", invariants::redis_request);
 }

@@ -161,6 +161,7 @@ impl Status {
                     })),
                     "timeout_ms": p.timeout.map(|t| t.as_millis() as u64),
                     "redis_auth": p.redis_auth.as_ref().map(|_| "<redacted>"),
+                    "memcache_auth": p.memcache_auth.as_ref().map(|_| "<redacted>"),
                     "redis_db": p.redis_db,
                     "auto_eject_hosts": p.auto_eject_hosts,
                     "server_connections": p.server_connections,

@@ -107,6 +107,9 @@ pub struct PoolConfig {
     /// Max concurrent clients; 0 = unlimited.
     pub client_connections: u32,
     pub redis_auth: Option<String>,
+    /// `user:password` (or `password`, any user) that memcache clients must give by binary SASL
+    /// PLAIN before anything else is served (legate); text clients are refused.
+    pub memcache_auth: Option<String>,
     pub redis_db: u32,
     pub preconnect: bool,
     pub auto_eject_hosts: bool,
@@ -178,6 +181,7 @@ const KEYS: &[&str] = &[
     "client_connections",
     "redis",
     "redis_auth",
+    "memcache_auth",
     "redis_db",
     "preconnect",
     "auto_eject_hosts",
@@ -478,6 +482,10 @@ fn parse_pool(name: &str, v: Value) -> Result<PoolConfig, ConfigError> {
     if redis_auth.is_some() && protocol != Protocol::Redis {
         return Err(err(name, "redis_auth", "is only valid in a redis pool"));
     }
+    let memcache_auth = s("memcache_auth")?;
+    if memcache_auth.is_some() && protocol != Protocol::Memcache {
+        return Err(err(name, "memcache_auth", "is only valid in a memcache pool"));
+    }
     let timeout = num("timeout", -1, i64::MIN)?;
     let server_connections = num("server_connections", 1, 1)?;
     let servers = parse_servers(name, get.get("servers"))?;
@@ -493,6 +501,7 @@ fn parse_pool(name: &str, v: Value) -> Result<PoolConfig, ConfigError> {
         backlog: num("backlog", 512, 1)? as u32,
         client_connections: num("client_connections", 0, 0)? as u32,
         redis_auth,
+        memcache_auth,
         redis_db: num("redis_db", 0, 0)? as u32,
         preconnect: boolean("preconnect")?,
         auto_eject_hosts: boolean("auto_eject_hosts")?,
@@ -699,6 +708,8 @@ delta:
         let e = refused("p:\n  listen: 127.0.0.1:1\n  hash: nope\n  servers: ['a:1:1']\n");
         assert_eq!((e.pool.as_deref(), e.key.as_deref()), (Some("p"), Some("hash")));
         assert!(e.to_string().contains("pool 'p', key 'hash'"), "{e}");
+        let e = refused("p:\n  listen: 127.0.0.1:1\n  redis: true\n  memcache_auth: x\n  servers: ['a:1:1']\n");
+        assert_eq!(e.key.as_deref(), Some("memcache_auth"));
         let e = refused("p:\n  listen: 127.0.0.1:1\n  colour: red\n  servers: ['a:1:1']\n");
         assert_eq!(e.key.as_deref(), Some("colour"));
         let e = refused("p:\n  listen: 127.0.0.1:1\n  redis: yes\n  servers: ['a:1:1']\n");

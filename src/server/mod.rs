@@ -285,6 +285,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
         return true;
     }
     let mut session = router::RedisSession::default();
+    let mut mc = router::MemcacheSession::default();
     let mut outbox = Outbox::default();
     // Allocated on the first read: a client that never sends costs no buffer.
     let mut buf = BytesMut::new();
@@ -303,6 +304,31 @@ async fn read_requests<R: AsyncRead + Unpin>(
                     }
                 }
                 let slot = match protocol {
+                    // The first byte tells a binary client (0x80) from a text one, for good.
+                    Protocol::Memcache
+                        if *mc
+                            .binary
+                            .get_or_insert_with(|| buf.first() == Some(&memcache::binary::REQUEST_MAGIC)) =>
+                    {
+                        match memcache::binary::parse_request(&buf) {
+                            Ok(Parse::Complete(req)) => {
+                                let frame = buf.split_to(req.len).freeze();
+                                router::memcache_binary(&t, q, &mut outbox, frame, &req, &mut mc)
+                            }
+                            Ok(Parse::Incomplete(n)) => {
+                                need = needed(n, buf.len());
+                                break;
+                            }
+                            Err(e) => {
+                                t.stats.request(crate::metrics::Class::Error);
+                                if e.fatal {
+                                    t.stats.client_err.fetch_add(1, Ordering::Relaxed);
+                                }
+                                let _ = buf.split_to(e.consumed.min(buf.len()));
+                                Some(router::memcache_binary_error(&e))
+                            }
+                        }
+                    }
                     Protocol::Memcache => match memcache::parse_request(&buf) {
                         Ok(Parse::Complete(req)) => {
                             let frame = buf.split_to(req.len).freeze();
@@ -373,6 +399,18 @@ async fn read_requests<R: AsyncRead + Unpin>(
         drop(limits);
         if need > max_request {
             // Refused at the header, before the payload is buffered.
+            if mc.binary == Some(true) {
+                let h = memcache::binary::Header::read(&buf);
+                let e = memcache::binary::RequestError {
+                    status: memcache::binary::status::TOO_LARGE,
+                    opcode: h.opcode,
+                    opaque: h.opaque,
+                    consumed: buf.len(),
+                    fatal: true,
+                };
+                q.ready(e.response(), true);
+                return false;
+            }
             let reply: &'static [u8] = match protocol {
                 Protocol::Memcache => b"SERVER_ERROR object too large for cache\r\n",
                 Protocol::Redis => b"-ERR Protocol error: request larger than max_request_bytes\r\n",
@@ -460,10 +498,8 @@ async fn write_replies<W: AsyncWrite + Unpin>(
                         }
                         match failed {
                             // A multi-get answers the hits it has; the failed shard's keys miss.
-                            Some(_) if matches!(merge, router::GatherMerge::McValues { .. }) && answered > 0 => {
-                                router::merge(&merge, &replies)
-                            }
-                            Some(e) => router::failure(protocol, &e),
+                            Some(_) if merge.answers_partially() && answered > 0 => router::merge(&merge, &replies),
+                            Some(e) => router::gather_failure(&merge, protocol, &e),
                             None => router::merge(&merge, &replies),
                         }
                     }

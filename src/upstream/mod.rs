@@ -33,6 +33,8 @@ use tokio::sync::mpsc;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
     Memcache(memcache::ReplyKind),
+    /// A memcache binary request: the reply echoes its opcode and opaque.
+    MemcacheBinary(memcache::binary::ReplyFrame),
     Redis,
     /// The server sends nothing back (memcache `noreply`).
     None,
@@ -98,8 +100,6 @@ impl Lane {
 #[derive(Debug)]
 struct WorkerConns {
     lanes: [Vec<Arc<Queue<Job>>>; 3],
-    /// Round robin over a lane's connections (touched by this worker only).
-    next: AtomicUsize,
 }
 
 /// The connections to one server of a pool: `server_connections` per worker and lane, so a
@@ -242,7 +242,6 @@ impl Server {
                         })
                         .collect()
                 }),
-                next: AtomicUsize::new(0),
             })
             .collect();
         Arc::new(Server {
@@ -347,18 +346,15 @@ impl Server {
         self.target == target(pool, server, tls)
     }
 
-    /// Queue jobs on one of `worker`'s connections of `lane` (round robin), in order. When the
-    /// connection task is gone the jobs are dropped, and their clients are told the connection
-    /// was lost.
-    async fn send(&self, worker: usize, lane: Lane, jobs: &mut Vec<Job>) {
+    /// Queue jobs on one of `worker`'s connections of `lane`, in order: always the same one for
+    /// one `session`, so a session's requests to this server keep their order (a `noreply`
+    /// write, or a pipelined write, is never overtaken by the same client's next read on
+    /// another connection); sessions spread over the connections in turn. When the connection
+    /// task is gone the jobs are dropped, and their clients are told the connection was lost.
+    async fn send(&self, worker: usize, lane: Lane, session: usize, jobs: &mut Vec<Job>) {
         if let Some(w) = self.conns.get(worker) {
             let conns = &w.lanes[lane as usize];
-            let i = if conns.len() <= 1 {
-                0
-            } else {
-                w.next.fetch_add(1, Ordering::Relaxed) % conns.len()
-            };
-            if let Some(conn) = conns.get(i) {
+            if let Some(conn) = conns.get(session % conns.len().max(1)) {
                 conn.push(jobs).await;
             }
         }
@@ -381,27 +377,42 @@ impl Drop for Server {
 #[derive(Debug)]
 pub struct Outbox {
     worker: usize,
+    /// Picks this session's connection among a server's `server_connections`.
+    session: usize,
     per_server: SmallVec<[(usize, Lane, Vec<Job>); 4]>,
 }
 
+/// Sessions numbered in turn, so they spread over a server's connections.
+static SESSIONS: AtomicUsize = AtomicUsize::new(0);
+
 impl Default for Outbox {
-    /// An outbox for the calling worker's connections.
+    /// An outbox for the calling worker's connections, for one session.
     fn default() -> Self {
         Outbox {
             worker: crate::workers::current(),
+            session: SESSIONS.fetch_add(1, Ordering::Relaxed),
             per_server: SmallVec::new(),
         }
     }
 }
 
 impl Outbox {
-    /// Queue `job` for `server` on the default lane.
+    /// Queue `job` for `server` on the default lane (the binary lane for a memcache binary
+    /// request).
     pub fn push(&mut self, server: usize, job: Job) {
-        self.push_lane(server, Lane::Default, job);
+        let lane = match job.framing {
+            Framing::MemcacheBinary(_) => Lane::Binary,
+            _ => Lane::Default,
+        };
+        self.push_lane(server, lane, job);
     }
 
     /// Queue `job` for `server` on `lane`.
     pub fn push_lane(&mut self, server: usize, lane: Lane, job: Job) {
+        debug_assert!(
+            !matches!(job.framing, Framing::MemcacheBinary(_)) || lane == Lane::Binary,
+            "a binary request on a text connection"
+        );
         match self.per_server.iter_mut().find(|(s, l, _)| *s == server && *l == lane) {
             Some((_, _, jobs)) => jobs.push(job),
             None => self.per_server.push((server, lane, vec![job])),
@@ -416,7 +427,7 @@ impl Outbox {
     pub async fn flush(&mut self, servers: &[Arc<Server>]) {
         for (server, lane, mut jobs) in self.per_server.drain(..) {
             if let Some(s) = servers.get(server) {
-                s.send(self.worker, lane, &mut jobs).await;
+                s.send(self.worker, lane, self.session, &mut jobs).await;
             }
         }
     }
@@ -812,6 +823,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let mut answered = false;
     let mut mscan = memcache::ReplyScan::with_limit(r.max_reply);
     let mut rscan = redis::ReplyScan::with_limit(r.max_reply);
+    let mut bscan = memcache::binary::ReplyScan::with_limit(r.max_reply);
     loop {
         if writer_open {
             prx.take_now(queue, usize::MAX);
@@ -828,6 +840,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             };
             let scanned = match front.framing {
                 Framing::Memcache(kind) => memcache::scan_reply(&buf, kind, &mut mscan),
+                Framing::MemcacheBinary(f) => memcache::binary::scan_reply(&buf, f, &mut bscan),
                 Framing::Redis => redis::scan_reply(&buf, &mut rscan),
                 Framing::None => Err(crate::protocol::ReplyError::Malformed(
                     "reply to a request that expects none",
@@ -838,9 +851,16 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     let mut reply = buf.split_to(n).freeze();
                     let p = queue.pop_front().expect("queue is not empty");
                     expired = expired.saturating_sub(1);
-                    if p.framing == Framing::Memcache(memcache::ReplyKind::MetaQuiet) {
-                        // Drop the MN that answers the mn legate appended.
-                        reply.truncate(reply.len().saturating_sub(4));
+                    // Drop the answer to the no-op legate appended to a quiet request.
+                    match p.framing {
+                        Framing::Memcache(memcache::ReplyKind::MetaQuiet) => {
+                            reply.truncate(reply.len().saturating_sub(4))
+                        }
+                        Framing::MemcacheBinary(memcache::binary::ReplyFrame {
+                            shape: memcache::binary::ReplyShape::Quiet,
+                            ..
+                        }) => reply.truncate(reply.len().saturating_sub(memcache::binary::HEADER)),
+                        _ => {}
                     }
                     answered = true;
                     health.success();
@@ -870,6 +890,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
         // lands in one allocation of its own.
         let need = match queue.front().map(|p| p.framing) {
             Some(Framing::Memcache(_)) => mscan.needs(),
+            Some(Framing::MemcacheBinary(_)) => bscan.needs(),
             Some(Framing::Redis) => rscan.needs(),
             _ => 0,
         };

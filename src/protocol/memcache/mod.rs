@@ -4,6 +4,8 @@
 //! slices of what it read. Replies are scanned, not decoded: the upstream only needs to know
 //! where each one ends, which depends on the request's [`ReplyKind`].
 
+pub mod binary;
+
 use super::{find_lf, parse_i64, parse_u64, Need, Parse, MAX_LINE_BYTES, MAX_VALUE_BYTES};
 use smallvec::SmallVec;
 use std::ops::Range;
@@ -37,7 +39,8 @@ pub enum Command {
     Version,
     Verbosity,
     FlushAll,
-    /// `stats` with no arguments: answered by the proxy.
+    /// `stats [arg]`: answered by the proxy from every server's stats; the argument, if any,
+    /// is the request's one "key".
     Stats,
     Quit,
 }
@@ -189,7 +192,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Parse<Request>, RequestError> {
         b"verbosity" => Command::Verbosity,
         b"flush_all" => Command::FlushAll,
         b"quit" => Command::Quit,
-        b"stats" if toks.len() == 1 => Command::Stats,
+        b"stats" if toks.len() <= 2 => Command::Stats,
         _ => return Err(bad(ERROR, line_len)),
     };
     let mut req = Request {
@@ -359,7 +362,8 @@ pub fn parse_request(buf: &[u8]) -> Result<Parse<Request>, RequestError> {
         }
         // memcached answers `quit` with arguments as an unknown command.
         Command::Quit if n > 1 => return Err(bad(ERROR, line_len)),
-        Command::MetaNoop | Command::Version | Command::Quit | Command::Stats => {}
+        Command::Stats => req.keys.extend(toks.get(1).cloned()),
+        Command::MetaNoop | Command::Version | Command::Quit => {}
     }
     Ok(Parse::Complete(req))
 }
