@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 const SLOTS_IN_FLIGHT: usize = 1024;
 /// Reply bytes a session holds for a client that is not reading them before it stops reading
 /// requests (replies already on their way still arrive).
-const REPLY_BYTES_HELD: usize = 4 * 1024 * 1024;
+const REPLY_BYTES_HELD: usize = 2 * 1024 * 1024;
 /// Reply bytes gathered before a write is forced.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
