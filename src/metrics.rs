@@ -46,6 +46,14 @@ pub struct PoolStats {
     /// Clients whose TLS handshake failed or timed out (`listen_tls`).
     pub client_tls_err: AtomicU64,
     pub requests: [AtomicU64; 5],
+    /// Redis clients waiting on a blocking command (BLPOP, XREAD BLOCK …) now.
+    pub blocked_clients: AtomicI64,
+    /// Redis clients holding a connection of their own for WATCH / MULTI now.
+    pub transaction_clients: AtomicI64,
+    /// Redis clients subscribed to at least one channel or pattern now.
+    pub subscribed_clients: AtomicI64,
+    /// Channels, patterns and shard channels subscribed to, over every client, now.
+    pub subscriptions: AtomicI64,
     handles: PoolHandles,
 }
 
@@ -60,6 +68,10 @@ struct PoolHandles {
     server_ejects: Counter,
     client_tls_err: Counter,
     requests: Vec<Counter>,
+    blocked_clients: Gauge,
+    transaction_clients: Gauge,
+    subscribed_clients: Gauge,
+    subscriptions: Gauge,
 }
 
 impl PoolStats {
@@ -78,6 +90,10 @@ impl PoolStats {
                 .iter()
                 .map(|c| metrics::counter!("legate_requests_total", "pool" => p.clone(), "class" => *c))
                 .collect(),
+            blocked_clients: metrics::gauge!("legate_blocked_clients", "pool" => p.clone()),
+            transaction_clients: metrics::gauge!("legate_transaction_clients", "pool" => p.clone()),
+            subscribed_clients: metrics::gauge!("legate_subscribed_clients", "pool" => p.clone()),
+            subscriptions: metrics::gauge!("legate_subscriptions", "pool" => p.clone()),
         };
         Arc::new(PoolStats {
             pool: p,
@@ -90,6 +106,10 @@ impl PoolStats {
             server_ejects: AtomicU64::new(0),
             client_tls_err: AtomicU64::new(0),
             requests: Default::default(),
+            blocked_clients: AtomicI64::new(0),
+            transaction_clients: AtomicI64::new(0),
+            subscribed_clients: AtomicI64::new(0),
+            subscriptions: AtomicI64::new(0),
             handles,
         })
     }
@@ -119,6 +139,11 @@ impl PoolStats {
         for (c, v) in h.requests.iter().zip(&self.requests) {
             c.absolute(v.load(Ordering::Relaxed));
         }
+        let gauge = |g: &Gauge, v: &AtomicI64| g.set(v.load(Ordering::Relaxed).max(0) as f64);
+        gauge(&h.blocked_clients, &self.blocked_clients);
+        gauge(&h.transaction_clients, &self.transaction_clients);
+        gauge(&h.subscribed_clients, &self.subscribed_clients);
+        gauge(&h.subscriptions, &self.subscriptions);
     }
 }
 
@@ -144,6 +169,11 @@ pub struct ServerStats {
     /// Unix time (µs) of the last ejection, 0 when never.
     pub ejected_at: AtomicU64,
     pub in_flight: AtomicI64,
+    /// Connections held by one client each (transactions, blocking commands, pub/sub), idle
+    /// ones kept for reuse included: what `max_pinned_connections` bounds.
+    pub pinned_connections: AtomicI64,
+    /// Clients refused a connection of their own at `max_pinned_connections`.
+    pub pinned_refused: AtomicU64,
     handles: ServerHandles,
     /// Request latency: counts per bucket of [`LATENCY_BOUNDS`] (the last is +Inf) and the sum.
     latency: [AtomicU64; LATENCY_BOUNDS.len() + 1],
@@ -171,6 +201,8 @@ struct ServerHandles {
     connections: Gauge,
     ejections: Counter,
     in_flight: Gauge,
+    pinned: Gauge,
+    pinned_refused: Counter,
 }
 
 impl ServerStats {
@@ -191,6 +223,8 @@ impl ServerStats {
             connections: metrics::gauge!("legate_server_connections", &l()),
             ejections: metrics::counter!("legate_server_ejections_total", &l()),
             in_flight: metrics::gauge!("legate_server_in_flight_requests", &l()),
+            pinned: metrics::gauge!("legate_server_pinned_connections", &l()),
+            pinned_refused: metrics::counter!("legate_server_pinned_refused_total", &l()),
         };
         Arc::new(ServerStats {
             server: s.clone(),
@@ -208,6 +242,8 @@ impl ServerStats {
             ejections: AtomicU64::new(0),
             ejected_at: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
+            pinned_connections: AtomicI64::new(0),
+            pinned_refused: AtomicU64::new(0),
             handles,
             latency: Default::default(),
             latency_sum_ns: AtomicU64::new(0),
@@ -263,6 +299,9 @@ impl ServerStats {
             .set(self.server_connections.load(Ordering::Relaxed) as f64);
         h.ejections.absolute(get(&self.ejections));
         h.in_flight.set(self.in_flight.load(Ordering::Relaxed).max(0) as f64);
+        h.pinned
+            .set(self.pinned_connections.load(Ordering::Relaxed).max(0) as f64);
+        h.pinned_refused.absolute(get(&self.pinned_refused));
     }
 }
 
@@ -320,6 +359,27 @@ pub fn describe() {
         "Requests that timed out waiting for the server."
     );
     describe_gauge!("legate_server_connections", "Connections open to the server now.");
+    describe_gauge!(
+        "legate_server_pinned_connections",
+        "Connections to the server held by one client each (transactions, blocking commands, pub/sub), idle ones kept for reuse included."
+    );
+    describe_counter!(
+        "legate_server_pinned_refused_total",
+        "Clients refused a connection of their own to the server at max_pinned_connections."
+    );
+    describe_gauge!(
+        "legate_blocked_clients",
+        "Redis clients waiting on a blocking command now."
+    );
+    describe_gauge!("legate_transaction_clients", "Redis clients in WATCH or MULTI now.");
+    describe_gauge!(
+        "legate_subscribed_clients",
+        "Redis clients subscribed to a channel or pattern now."
+    );
+    describe_gauge!(
+        "legate_subscriptions",
+        "Channels, patterns and shard channels subscribed to, over all clients, now."
+    );
     describe_counter!(
         "legate_server_ejections_total",
         "Times the server was ejected from the ring."

@@ -72,6 +72,8 @@ struct Inner {
     estimate: usize,
     /// The reader waits for room.
     wants_room: bool,
+    /// The reader waits for every server reply reserved to arrive.
+    wants_settled: bool,
     /// The writer, waiting for the front entry to complete.
     writer: Option<Waker>,
     /// The reader, waiting for room or for the writer to go.
@@ -239,7 +241,12 @@ impl Replies {
         }
         let e = &g.entries[i];
         let w = if i == 0 && e.complete() { g.writer.take() } else { None };
-        let reader = self.room_made(&mut g);
+        let reader = if g.wants_settled && g.unfilled == 0 {
+            g.wants_settled = false;
+            g.reader.take()
+        } else {
+            self.room_made(&mut g)
+        };
         drop(g);
         if let Some(w) = w {
             w.wake();
@@ -266,6 +273,34 @@ impl Replies {
                 Poll::Ready(true)
             } else {
                 g.wants_room = true;
+                store(&mut g.reader, cx);
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Server replies reserved and not arrived yet.
+    pub fn unfilled(&self) -> usize {
+        self.lock().unfilled
+    }
+
+    /// Reply bytes held, not yet written.
+    pub fn held(&self) -> usize {
+        self.lock().held
+    }
+
+    /// Wait until every server reply reserved so far has arrived (or the writer has gone): a
+    /// session switching between shared and pinned connections waits for this, so its requests
+    /// run on the servers in the order it sent them.
+    pub async fn settled(&self) {
+        poll_fn(|cx| {
+            let mut g = self.lock();
+            if g.gone || g.unfilled == 0 {
+                g.wants_settled = false;
+                Poll::Ready(())
+            } else {
+                g.wants_settled = true;
                 store(&mut g.reader, cx);
                 Poll::Pending
             }

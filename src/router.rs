@@ -17,6 +17,7 @@ use smallvec::{smallvec, SmallVec};
 use std::sync::Arc;
 
 mod fanout;
+mod pinned;
 mod session;
 
 pub use session::RedisSession;
@@ -30,6 +31,10 @@ pub enum Slot {
     Queued,
     /// Send these bytes, then close the connection.
     Close(Bytes),
+    /// Not routed: the session moves between shared and pinned connections with replies still
+    /// out. Wait until every reply owed has come ([`Replies::settled`]), then route the request
+    /// (given back here) again.
+    Barrier(Bytes),
 }
 
 /// How a split request's replies are merged.
@@ -781,6 +786,14 @@ pub fn redis(
     req: &redis::Request,
     session: &mut RedisSession,
 ) -> Slot {
+    let frame = if session.pinning.intercepts() {
+        match pinned::intercept(topo, q, frame, req, session) {
+            Ok(slot) => return slot,
+            Err(frame) => frame,
+        }
+    } else {
+        frame
+    };
     if let Some(slot) = session::answer(topo, q, out, &frame, req, session) {
         return slot;
     }
@@ -803,6 +816,13 @@ pub fn redis(
         topo.stats.request(Class::Unsupported);
         return wrong_args(cmd.name.as_bytes());
     }
+    if matches!(
+        cmd.route,
+        Route::Split(_) | Route::FanOut(_) | Route::Scan | Route::AnyShard
+    ) && session.pinning.leaving_pin(q)
+    {
+        return Slot::Barrier(frame);
+    }
     match cmd.route {
         Route::Local | Route::Container => {
             topo.stats.request(Class::Proxy);
@@ -810,8 +830,7 @@ pub fn redis(
         }
         Route::Keyed | Route::KeyedUnlessBlock => {
             if cmd.route == Route::KeyedUnlessBlock && redis::has_block_option(argc, arg) {
-                topo.stats.request(Class::Unsupported);
-                return pinned(cmd);
+                return pinned::blocking(topo, q, frame, req, cmd, session);
             }
             let mut keys: SmallVec<[usize; 4]> = SmallVec::new();
             let server = match redis::key_positions(cmd, argc, arg, &mut keys) {
@@ -828,6 +847,10 @@ pub fn redis(
             };
             let Some(server) = server else {
                 return redis_error(NO_SERVER.into());
+            };
+            let frame = match pinned::keyed(topo, q, frame, req, server, session) {
+                Ok(slot) => return slot,
+                Err(frame) => frame,
             };
             send_one(
                 topo,
@@ -881,14 +904,7 @@ pub fn redis(
             let merge = GatherMerge::RedisScan { shard, shards };
             send_gather(topo, q, out, lane, vec![(shard, b.freeze())], Framing::Redis, merge)
         }
-        Route::Pinned => {
-            topo.stats.request(Class::Unsupported);
-            if name.eq_ignore_ascii_case(b"multi") {
-                session.refused_multi = true;
-                return redis_error("unsupported command 'MULTI': legate does not serve transactions yet; the commands that follow are not run until EXEC or DISCARD".into());
-            }
-            pinned(cmd)
-        }
+        Route::Pinned => pinned::route(topo, q, out, frame, req, cmd, session),
         Route::Refused(why) => {
             topo.stats.request(Class::Unsupported);
             redis_error(format!("unsupported command '{}': {why}", display_name(cmd)))
@@ -899,13 +915,6 @@ pub fn redis(
 /// `OBJECT|ENCODING` → `OBJECT ENCODING`, upper case, for error texts.
 fn display_name(cmd: &redis::Command) -> String {
     cmd.name.replace('|', " ").to_ascii_uppercase()
-}
-
-fn pinned(cmd: &redis::Command) -> Slot {
-    redis_error(format!(
-        "unsupported command '{}': it needs a server connection of its own (transactions, blocking commands, pub/sub, WAIT), which legate does not serve yet",
-        display_name(cmd)
-    ))
 }
 
 /// The shard of the pool's first server that is in the ring: where keyless requests go.

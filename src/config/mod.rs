@@ -92,6 +92,9 @@ pub struct ServerConfig {
     pub name: String,
 }
 
+/// Default `max_pinned_connections`: below Redis's own default `maxclients` (10000).
+pub const DEFAULT_MAX_PINNED: usize = 4096;
+
 /// One pool: a listener and the servers its keys are spread over.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
@@ -123,6 +126,9 @@ pub struct PoolConfig {
     /// Largest reply accepted from a server, checked at the header that declares it (legate);
     /// a larger one closes that server connection.
     pub max_reply_bytes: usize,
+    /// Redis: most connections of its own one server holds for clients in a transaction, a
+    /// blocking command or pub/sub (over all workers), idle ones kept for reuse included.
+    pub max_pinned_connections: usize,
     /// Close a client with nothing outstanding after this long without a request (legate);
     /// `None`: never.
     pub client_idle_timeout: Option<Duration>,
@@ -194,6 +200,7 @@ const KEYS: &[&str] = &[
     "protocol",
     "max_request_bytes",
     "max_reply_bytes",
+    "max_pinned_connections",
     "client_idle_timeout",
     "tls",
     "listen_tls",
@@ -510,6 +517,7 @@ fn parse_pool(name: &str, v: Value) -> Result<PoolConfig, ConfigError> {
         server_failure_limit: num("server_failure_limit", 2, 1)? as u32,
         max_request_bytes: num("max_request_bytes", DEFAULT_MAX_REQUEST_BYTES as i64, 64)? as usize,
         max_reply_bytes: num("max_reply_bytes", crate::protocol::DEFAULT_MAX_REPLY_BYTES as i64, 1024)? as usize,
+        max_pinned_connections: num("max_pinned_connections", DEFAULT_MAX_PINNED as i64, 1)? as usize,
         client_idle_timeout: match num("client_idle_timeout", 0, 0)? {
             0 => None,
             ms => Some(Duration::from_millis(ms as u64)),

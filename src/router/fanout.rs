@@ -138,6 +138,9 @@ pub fn merge(fan: Fan, replies: &[Bytes], resp3: bool, clients: i64) -> Bytes {
         Fan::Same | Fan::AnyOk => replies.first().cloned(),
         Fan::AllOfArray => all_of_array(replies),
         Fan::Info => info(replies, resp3, clients),
+        Fan::Union => union(replies),
+        Fan::PairSum => pair_sum(replies),
+        Fan::Max => max(replies),
     };
     merged.unwrap_or_else(|| Bytes::from_static(UNEXPECTED))
 }
@@ -166,6 +169,68 @@ fn concat(replies: &[Bytes]) -> Option<Bytes> {
     b.put_slice(b"\r\n");
     for s in all {
         put_bulk(&mut b, s);
+    }
+    Some(b.freeze())
+}
+
+fn max(replies: &[Bytes]) -> Option<Bytes> {
+    let mut max: Option<i64> = None;
+    for r in replies {
+        let Value::Int(n) = value(r)? else { return None };
+        max = Some(max.map_or(n, |m| m.max(n)));
+    }
+    max.map(int_reply)
+}
+
+fn union(replies: &[Bytes]) -> Option<Bytes> {
+    let mut seen = std::collections::HashSet::new();
+    let mut all = Vec::new();
+    for r in replies {
+        let Value::Array(items) = value(r)? else { return None };
+        for i in items {
+            let Value::Bulk(s) = i else { return None };
+            if seen.insert(s) {
+                all.push(s);
+            }
+        }
+    }
+    let mut b = BytesMut::with_capacity(16 + replies.iter().map(|r| r.len()).sum::<usize>());
+    b.put_u8(b'*');
+    put_decimal(&mut b, all.len() as i64);
+    b.put_slice(b"\r\n");
+    for s in all {
+        put_bulk(&mut b, s);
+    }
+    Some(b.freeze())
+}
+
+fn pair_sum(replies: &[Bytes]) -> Option<Bytes> {
+    let mut acc: Vec<(&[u8], i64)> = Vec::new();
+    for (i, r) in replies.iter().enumerate() {
+        let Value::Array(items) = value(r)? else { return None };
+        if items.len() % 2 != 0 || (i > 0 && items.len() != acc.len() * 2) {
+            return None;
+        }
+        for (j, pair) in items.chunks(2).enumerate() {
+            let (Value::Bulk(name), Value::Int(n)) = (&pair[0], &pair[1]) else {
+                return None;
+            };
+            match acc.get_mut(j) {
+                Some((k, total)) if k == name => *total = total.saturating_add(*n),
+                Some(_) => return None,
+                None => acc.push((name, *n)),
+            }
+        }
+    }
+    let mut b = BytesMut::with_capacity(16 + acc.len() * 32);
+    b.put_u8(b'*');
+    put_decimal(&mut b, acc.len() as i64 * 2);
+    b.put_slice(b"\r\n");
+    for (name, n) in acc {
+        put_bulk(&mut b, name);
+        b.put_u8(b':');
+        put_decimal(&mut b, n);
+        b.put_slice(b"\r\n");
     }
     Some(b.freeze())
 }

@@ -41,9 +41,8 @@ enum ReplyMode {
 pub struct RedisSession {
     /// AUTH succeeded (pools with `redis_auth`).
     pub authed: bool,
-    /// legate refused this client's MULTI: until EXEC or DISCARD, every command it sends was meant
-    /// for that transaction and must not run.
-    pub refused_multi: bool,
+    /// Its transaction, blocking command or subscriptions, on connections of its own.
+    pub pinning: super::pinned::Pinning,
     /// The client said `HELLO 3`: replies are RESP3, so its requests travel on RESP3 server
     /// connections.
     pub resp3: bool,
@@ -68,7 +67,7 @@ impl RedisSession {
     fn fresh(id: u64, since: Instant) -> RedisSession {
         RedisSession {
             authed: false,
-            refused_multi: false,
+            pinning: Default::default(),
             resp3: false,
             id,
             since,
@@ -106,7 +105,7 @@ impl RedisSession {
                 .unwrap_or_default()
         };
         let mut flags = String::new();
-        if self.refused_multi {
+        if self.pinning.in_multi() {
             flags.push('x');
         }
         if self.readonly {
@@ -289,7 +288,6 @@ fn answer_named(
 ) -> Option<Slot> {
     let argc = req.args.len();
     let arg = |i: usize| &frame[req.args[i].clone()];
-    let name = arg(0);
     let needs_auth = topo.pool.redis_auth.is_some() && !session.authed;
     if needs_auth && !matches!(lower, b"auth" | b"hello" | b"quit" | b"reset") {
         return ready(NOAUTH);
@@ -299,9 +297,6 @@ fn answer_named(
         session.reset();
         session.authed = topo.pool.redis_auth.is_none();
         return ready(b"+RESET\r\n");
-    }
-    if let Some(slot) = in_refused_multi(session, name) {
-        return Some(slot);
     }
     match lower {
         b"ping" => match argc {
@@ -547,32 +542,6 @@ fn client<'a>(session: &mut RedisSession, argc: usize, arg: impl Fn(usize) -> &'
     }
 }
 
-/// While a refused MULTI is open, answer every command without running it: the client meant to
-/// queue them, and running them now would apply a transaction it will see fail.
-fn in_refused_multi(session: &mut RedisSession, name: &[u8]) -> Option<Slot> {
-    if !session.refused_multi {
-        return None;
-    }
-    if name.eq_ignore_ascii_case(b"exec") {
-        session.refused_multi = false;
-        return ready(b"-EXECABORT Transaction discarded because of previous errors.\r\n");
-    }
-    if name.eq_ignore_ascii_case(b"discard") {
-        session.refused_multi = false;
-        return ready(OK);
-    }
-    if name.eq_ignore_ascii_case(b"quit") {
-        return None;
-    }
-    if name.eq_ignore_ascii_case(b"multi") {
-        return err("MULTI calls can not be nested");
-    }
-    err(&format!(
-        "'{}' not run: it follows a MULTI that legate refused (EXEC or DISCARD ends it)",
-        printable(name).to_ascii_lowercase()
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -598,10 +567,9 @@ mod tests {
         s.resp3 = true;
         s.name = Some(Bytes::from_static(b"n"));
         s.reply = ReplyMode::Off;
-        s.refused_multi = true;
         s.reset();
         assert_eq!(s.id, id);
-        assert!(!s.resp3 && s.name.is_none() && s.reply == ReplyMode::On && !s.refused_multi);
+        assert!(!s.resp3 && s.name.is_none() && s.reply == ReplyMode::On);
         assert_ne!(RedisSession::default().id, id);
     }
 

@@ -292,7 +292,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
     // Parse again only once the buffer holds this many bytes.
     let mut need = 1;
     loop {
-        if buf.len() >= need {
+        if buf.len() >= need && !session.pinning.blocked() {
             let t = topo.load_full();
             // Set when the session ends after what is routed so far has been queued.
             let mut stop = false;
@@ -358,7 +358,15 @@ async fn read_requests<R: AsyncRead + Unpin>(
                             if req.args.is_empty() {
                                 None
                             } else {
-                                Some(router::redis(&t, q, &mut outbox, frame, &req, &mut session))
+                                let mut slot = router::redis(&t, q, &mut outbox, frame, &req, &mut session);
+                                while let Slot::Barrier(frame) = slot {
+                                    // Moving between shared and pinned connections: what was
+                                    // sent before must be answered before this is sent.
+                                    outbox.flush(&t.servers).await;
+                                    q.settled().await;
+                                    slot = router::redis(&t, q, &mut outbox, frame, &req, &mut session);
+                                }
+                                Some(slot)
                             }
                         }
                         Ok(Parse::Incomplete(n)) => {
@@ -374,7 +382,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
                     Protocol::Tcp => unreachable!("L4 pools forward bytes without sessions"),
                 };
                 match slot {
-                    None | Some(Slot::Queued) => {}
+                    None | Some(Slot::Queued) | Some(Slot::Barrier(_)) => {}
                     Some(Slot::Ready(b)) => {
                         if !q.ready(b, false) {
                             stop = true;
@@ -386,6 +394,10 @@ async fn read_requests<R: AsyncRead + Unpin>(
                         stop = true;
                         break;
                     }
+                }
+                if session.pinning.blocked() {
+                    // A blocked client's next requests wait for its reply, as in Redis.
+                    break;
                 }
             }
             // Everything routed from this read goes out together, a batch per server.
@@ -423,11 +435,19 @@ async fn read_requests<R: AsyncRead + Unpin>(
         if buf.capacity() - buf.len() < want {
             buf.reserve(want);
         }
+        let blocked = session.pinning.blocked();
         tokio::select! {
-            r = rd.read_buf(&mut buf) => match r {
+            // While blocked, read on only to see the client go (what it sends waits in `buf`).
+            r = rd.read_buf(&mut buf), if !blocked || buf.len() < BLOCKED_READ_AHEAD => match r {
+                // A blocked client that goes closes its pin (dropped with the session): the
+                // server cannot pop an element for it then.
                 Ok(0) | Err(_) => return false,
                 Ok(_) => {}
             },
+            _ = q.settled(), if blocked => {
+                let t = topo.load();
+                session.pinning.unblock(&t);
+            }
             _ = q.gone() => return false,
             _ = drain.wait_for(|d| *d) => return true,
             _ = tokio::time::sleep(idle.unwrap_or_default()), if idle.is_some() => {
@@ -439,6 +459,10 @@ async fn read_requests<R: AsyncRead + Unpin>(
         }
     }
 }
+
+/// Bytes read ahead from a client blocked on a command (as Redis buffers a blocked client's
+/// input): beyond this legate stops reading until the reply comes.
+const BLOCKED_READ_AHEAD: usize = 1024 * 1024;
 
 fn needed(n: Need, have: usize) -> usize {
     match n {

@@ -9,7 +9,10 @@
 //! Sessions queue the jobs of one read together ([`Outbox`]); the queues (`queue.rs`) are a
 //! mutex around a `VecDeque`, taken whole, so a batch costs one lock and at most one wakeup.
 
+mod pinned;
 pub(crate) mod queue;
+
+pub use pinned::{Pin, PinRefused, Sink};
 
 use crate::config::{Addr, PoolConfig, Protocol, ServerConfig};
 use crate::metrics::ServerStats;
@@ -100,6 +103,8 @@ impl Lane {
 #[derive(Debug)]
 struct WorkerConns {
     lanes: [Vec<Arc<Queue<Job>>>; 3],
+    /// Pins handed back clean, for the worker's next client that needs one.
+    idle: std::sync::Mutex<Vec<Pin>>,
 }
 
 /// The connections to one server of a pool: `server_connections` per worker and lane, so a
@@ -107,6 +112,8 @@ struct WorkerConns {
 /// ejection) is the server's, shared by every worker.
 #[derive(Debug)]
 pub struct Server {
+    /// Unique in the process: which server a [`Pin`] belongs to, across reloads.
+    pub id: u64,
     pub name: String,
     pub addr: Addr,
     /// What the connections were made with: a reload keeps them only when this is unchanged.
@@ -115,6 +122,10 @@ pub struct Server {
     pub stats: Arc<ServerStats>,
     /// Indexed by worker.
     conns: Vec<WorkerConns>,
+    /// Set when the server leaves every topology: its pins close.
+    retired: tokio::sync::watch::Sender<bool>,
+    /// Pins in existence (idle ones included), for `max_pinned_connections`.
+    pinned: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// A server's run of failures and whether it is out of the ring (`auto_eject_hosts`).
@@ -175,6 +186,8 @@ struct Target {
     tls: Option<Arc<Connector>>,
     /// Largest reply accepted, refused at its header (`max_reply_bytes`).
     max_reply: usize,
+    /// `max_pinned_connections`.
+    max_pinned: usize,
 }
 
 fn target(pool: &PoolConfig, server: &ServerConfig, tls: &PoolTls) -> Target {
@@ -194,6 +207,7 @@ fn target(pool: &PoolConfig, server: &ServerConfig, tls: &PoolTls) -> Target {
         retry_timeout: pool.server_retry_timeout,
         tls: tls.connector.clone(),
         max_reply: pool.max_reply_bytes,
+        max_pinned: pool.max_pinned_connections,
     }
 }
 
@@ -242,9 +256,13 @@ impl Server {
                         })
                         .collect()
                 }),
+                idle: std::sync::Mutex::new(Vec::new()),
             })
             .collect();
         Arc::new(Server {
+            id: pinned::NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed),
+            retired: tokio::sync::watch::channel(false).0,
+            pinned: Arc::new(std::sync::atomic::AtomicI64::new(0)),
             name: server.name.clone(),
             addr: server.addr.clone(),
             target,
@@ -369,6 +387,7 @@ impl Drop for Server {
         for c in self.conns.iter().flat_map(|w| w.lanes.iter().flatten()) {
             c.finish();
         }
+        self.retired.send_replace(true);
     }
 }
 

@@ -43,6 +43,12 @@ pub enum Fan {
     AnyOk,
     /// INFO: legate's `# Server` and `# Clients`, counters summed over the shards.
     Info,
+    /// PUBSUB CHANNELS / SHARDCHANNELS: arrays joined, each name once.
+    Union,
+    /// PUBSUB NUMSUB / SHARDNUMSUB: `name, count` pairs, counts summed per name, in request order.
+    PairSum,
+    /// PUBSUB NUMPAT: the largest (every pattern subscription is on every shard).
+    Max,
 }
 
 /// What legate does with a command.
@@ -430,12 +436,12 @@ pub static COMMANDS: &[Command] = &[
     row("pttl", 2, Keys::Specs(&[at(1, 0)]), Route::Keyed),
     row("publish", 3, NO_KEYS, Route::Pinned),
     row("pubsub", -2, NO_KEYS, Route::Container),
-    row("pubsub|channels", -2, NO_KEYS, Route::Pinned),
+    row("pubsub|channels", -2, NO_KEYS, Route::FanOut(Fan::Union)),
     row("pubsub|help", 2, NO_KEYS, Route::AnyShard),
-    row("pubsub|numpat", 2, NO_KEYS, Route::Pinned),
-    row("pubsub|numsub", -2, NO_KEYS, Route::Pinned),
-    row("pubsub|shardchannels", -2, NO_KEYS, Route::Pinned),
-    row("pubsub|shardnumsub", -2, NO_KEYS, Route::Pinned),
+    row("pubsub|numpat", 2, NO_KEYS, Route::FanOut(Fan::Max)),
+    row("pubsub|numsub", -2, NO_KEYS, Route::FanOut(Fan::PairSum)),
+    row("pubsub|shardchannels", -2, NO_KEYS, Route::FanOut(Fan::Union)),
+    row("pubsub|shardnumsub", -2, NO_KEYS, Route::FanOut(Fan::PairSum)),
     row("punsubscribe", -1, NO_KEYS, Route::Pinned),
     row("quit", -1, NO_KEYS, Route::Local),
     row("randomkey", 1, NO_KEYS, Route::FanOut(Fan::AnyKey)),

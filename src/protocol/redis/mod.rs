@@ -376,6 +376,14 @@ pub fn array_elements(reply: &[u8]) -> Option<Vec<Range<usize>>> {
     if reply.first() != Some(&b'*') {
         return None;
     }
+    aggregate_elements(reply)
+}
+
+/// As [`array_elements`], for an array or a RESP3 push (`>`), whose layout is the same.
+pub fn aggregate_elements(reply: &[u8]) -> Option<Vec<Range<usize>>> {
+    if !matches!(reply.first(), Some(b'*' | b'>')) {
+        return None;
+    }
     let lf = find_lf(reply)?;
     let n = parse_i64(reply[1..lf].strip_suffix(b"\r")?)?;
     // The count is the peer's word: reserve only what a real reply of this size could need.
