@@ -9,10 +9,12 @@
 //!   and the Redis command table (each command's arity, key positions and route).
 //! - [`topology`]: a pool's servers, ring and connections as one immutable snapshot.
 //! - [`router`]: a parsed request -> the server(s) it goes to, split and merged when needed; a
-//!   Redis connection's own state (HELLO, AUTH, CLIENT, RESET …) answered in `router/session.rs`.
+//!   Redis connection's own state (HELLO, AUTH, CLIENT, RESET …) answered in `router/session.rs`;
+//!   transactions, blocking commands and pub/sub on connections of their own in `router/pinned.rs`.
 //! - [`server`]: listeners and client sessions (parse, route, reply in order).
 //! - [`replies`]: one client's reply queue, filled by servers in any order, written in order.
-//! - [`upstream`]: pipelined connections to the backend servers.
+//! - [`upstream`]: pipelined connections to the backend servers; `upstream/pinned.rs`: a
+//!   connection held by one client (a pin).
 //! - [`l4`]: `protocol: tcp` pools, forwarding each client's byte stream to one server.
 //! - [`net`]: one stream type for TCP, unix sockets and TLS in either direction.
 //! - [`tls`]: certificate and key files -> rustls client and server configurations.

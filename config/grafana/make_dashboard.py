@@ -96,6 +96,22 @@ ROWS = [
          "Clients the server itself counts (Redis connected_clients, memcached curr_connections), legate's and any others.",
          [q(f'sum by (pool, server) (legate_backend_connected_clients{{{SRV}}})', "{{pool}} {{server}}")]),
     ]),
+    ("Redis sessions on connections of their own", [
+        ("Pinned connections by server", "timeseries", "short",
+         "Connections held by one client each (WATCH/MULTI, blocking commands, pub/sub), idle ones kept for reuse included; bounded by max_pinned_connections per server.",
+         [q(f'sum by (pool, server) (legate_server_pinned_connections{{{SRV}}})', "{{pool}} {{server}}")]),
+        ("Pinned connections refused/s", "timeseries", "ops",
+         "Clients refused a connection of their own because the server had max_pinned_connections.",
+         [q(f'sum by (pool, server) (rate(legate_server_pinned_refused_total{{{SRV}}}[{RATE}]))', "{{pool}} {{server}}")]),
+        ("Clients in transactions, blocked, subscribed", "timeseries", "short",
+         "Redis clients in WATCH/MULTI, waiting on a blocking command, and subscribed to a channel or pattern, now.",
+         [q(f'sum by (pool) (legate_transaction_clients{{{POOL}}})', "{{pool}} in WATCH/MULTI"),
+          q(f'sum by (pool) (legate_blocked_clients{{{POOL}}})', "{{pool}} blocked"),
+          q(f'sum by (pool) (legate_subscribed_clients{{{POOL}}})', "{{pool}} subscribed")]),
+        ("Subscriptions", "timeseries", "short",
+         "Channels, patterns and shard channels subscribed to, over all clients.",
+         [q(f'sum by (pool) (legate_subscriptions{{{POOL}}})', "{{pool}}")]),
+    ]),
     ("Backends (from Redis INFO and memcached stats)", [
         ("Backend memory", "timeseries", "bytes",
          "Memory each server uses for data, and its limit (0: none).",
@@ -123,10 +139,6 @@ ROWS = [
          [q(f'legate_backend_uptime_seconds{{{SRV}}}', "{{pool}} {{server}}")]),
     ]),
 ]
-
-NOTE = ("**Still to come:** panels for pinned Redis sessions (MULTI/WATCH, blocking commands) and "
-        "subscriptions (SUBSCRIBE/PSUBSCRIBE) arrive with the metrics of the Redis session work.")
-
 
 def panel(pid, title, ptype, unit, desc, queries, x, y, w, h):
     p = {
@@ -166,9 +178,6 @@ def dashboard():
             panels.append(panel(pid, title, ptype, unit, desc, queries, x, y, w, 8))
             pid, x = pid + 1, x + w
         y += 8
-    panels.append({"id": pid, "type": "text", "title": "Sessions and subscriptions",
-                   "gridPos": {"h": 3, "w": 24, "x": 0, "y": y},
-                   "options": {"mode": "markdown", "content": NOTE}})
     label_var = lambda name, query, label: {
         "name": name, "label": label, "type": "query", "datasource": DS,
         "query": {"query": query, "refId": name}, "definition": query,

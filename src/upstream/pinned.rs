@@ -114,12 +114,29 @@ impl Server {
         let count = self.pinned.clone();
         if count.fetch_add(1, Ordering::Relaxed) >= self.target.max_pinned as i64 {
             count.fetch_sub(1, Ordering::Relaxed);
-            self.stats.pinned_refused.fetch_add(1, Ordering::Relaxed);
-            return Err(PinRefused(format!(
-                "{} has max_pinned_connections ({}) connections held by clients (transactions, blocking commands, pub/sub); try again later",
-                self.target.label, self.target.max_pinned
-            )));
+        } else {
+            return Ok(self.spawn_pin(resp3, sink, count));
         }
+        // At the cap: close an idle pin (of any worker) to make room.
+        for w in &self.conns {
+            let idle = w.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            if let Some(p) = idle {
+                drop(p);
+                if count.fetch_add(1, Ordering::Relaxed) < self.target.max_pinned as i64 {
+                    return Ok(self.spawn_pin(resp3, sink, count));
+                }
+                count.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.stats.pinned_refused.fetch_add(1, Ordering::Relaxed);
+        Err(PinRefused(format!(
+            "{} has max_pinned_connections ({}) connections held by clients (transactions, blocking commands, pub/sub); try again later",
+            self.target.label, self.target.max_pinned
+        )))
+    }
+
+    /// Start a new pin's connection task on the calling worker; `count` already counts it.
+    fn spawn_pin(&self, resp3: bool, sink: Option<Arc<dyn Sink>>, count: Arc<AtomicI64>) -> Pin {
         let (tx, rx) = mpsc::unbounded_channel();
         let dead = Arc::new(AtomicBool::new(false));
         let stream = sink.is_some();
@@ -133,7 +150,7 @@ impl Server {
             sink.map(|s| (s, self.id)),
             self.stats.clone(),
         ));
-        Ok(Pin {
+        Pin {
             server_id: self.id,
             resp3,
             stream,
@@ -141,7 +158,7 @@ impl Server {
             dead,
             task: task.abort_handle(),
             count,
-        })
+        }
     }
 
     /// Take back a pin whose client left its pinned state cleanly (nothing of that state is

@@ -1,0 +1,412 @@
+//! Transactions, blocking commands and pub/sub through legate to real redis-servers: the
+//! sessions that need a server connection of their own (DESIGN.md "Sessions: shared and
+//! pinned").
+
+mod common;
+
+use common::resp::Value;
+use common::{cmd, eventually, free_port, legate, pool_yaml, redis_server, Client, Legate, Proc};
+use std::time::{Duration, Instant};
+
+struct Setup {
+    backends: Vec<Proc>,
+    legate: Legate,
+}
+
+fn setup_with(shards: usize, extra: &str) -> Setup {
+    let backends: Vec<Proc> = (0..shards).map(|_| redis_server()).collect();
+    let port = free_port();
+    let ports: Vec<u16> = backends.iter().map(|b| b.port).collect();
+    let extra = format!("  hash_tag: \"{{}}\"\n{extra}");
+    let legate = legate(&pool_yaml("pin", port, true, &ports, &extra), port);
+    Setup { backends, legate }
+}
+
+/// `s` as a RESP bulk string.
+fn bulk(s: &str) -> String {
+    format!("${}\r\n{s}\r\n", s.len())
+}
+
+fn setup() -> Setup {
+    setup_with(3, "")
+}
+
+impl Setup {
+    fn client(&self) -> Client {
+        Client::connect(self.legate.proc.port)
+    }
+
+    fn direct(&self, shard: usize) -> Client {
+        Client::connect(self.backends[shard].port)
+    }
+
+    /// The shard `key` lives on: written through legate, found directly.
+    fn shard_of(&self, key: &str) -> usize {
+        let mut c = self.client();
+        c.expect(&cmd(&format!("SET {key} probe")), b"+OK\r\n");
+        let shard = (0..self.backends.len())
+            .find(|&i| self.direct(i).words(&format!("EXISTS {key}")).int() == 1)
+            .expect("the key is on some shard");
+        c.expect(&cmd(&format!("DEL {key}")), b":1\r\n");
+        shard
+    }
+
+    /// Two keys (`prefix0`, `prefix1`, …) on different shards.
+    fn keys_on_two_shards(&self, prefix: &str) -> (String, String) {
+        let first = format!("{prefix}0");
+        let s0 = self.shard_of(&first);
+        let other = (1..100)
+            .map(|i| format!("{prefix}{i}"))
+            .find(|k| self.shard_of(k) != s0)
+            .expect("a key on another shard");
+        (first, other)
+    }
+
+    /// `blocked_clients` of one backend's INFO, read directly.
+    fn blocked_on(&self, shard: usize) -> i64 {
+        let info = self.direct(shard).words("INFO clients").text();
+        info.lines()
+            .find_map(|l| l.strip_prefix("blocked_clients:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("INFO has blocked_clients")
+    }
+}
+
+#[test]
+fn a_watched_key_changed_by_another_client_makes_exec_return_nil() {
+    let s = setup();
+    let mut c = s.client();
+    let mut other = s.client();
+    c.expect(&cmd("SET balance{u1} 10"), b"+OK\r\n");
+    c.expect(&cmd("WATCH balance{u1}"), b"+OK\r\n");
+    c.expect(&cmd("GET balance{u1}"), b"$2\r\n10\r\n");
+    other.expect(&cmd("SET balance{u1} 99"), b"+OK\r\n");
+    c.expect(&cmd("MULTI"), b"+OK\r\n");
+    c.expect(&cmd("SET balance{u1} 11"), b"+QUEUED\r\n");
+    c.expect(&cmd("EXEC"), b"*-1\r\n");
+    c.expect(&cmd("GET balance{u1}"), b"$2\r\n99\r\n");
+    // Unchanged, the transaction runs; and after EXEC nothing is watched any more.
+    c.expect(&cmd("WATCH balance{u1} log{u1}"), b"+OK\r\n");
+    c.expect(&cmd("MULTI"), b"+OK\r\n");
+    c.expect(&cmd("INCRBY balance{u1} 1"), b"+QUEUED\r\n");
+    c.expect(&cmd("RPUSH log{u1} +1"), b"+QUEUED\r\n");
+    c.expect(&cmd("EXEC"), b"*2\r\n:100\r\n:1\r\n");
+    other.expect(&cmd("SET balance{u1} 5"), b"+OK\r\n");
+    c.expect(&cmd("MULTI"), b"+OK\r\n");
+    c.expect(&cmd("INCR balance{u1}"), b"+QUEUED\r\n");
+    c.expect(&cmd("EXEC"), b"*1\r\n:6\r\n");
+    // UNWATCH forgets the watch: a later change does not abort.
+    c.expect(&cmd("WATCH balance{u1}"), b"+OK\r\n");
+    c.expect(&cmd("UNWATCH"), b"+OK\r\n");
+    other.expect(&cmd("SET balance{u1} 1"), b"+OK\r\n");
+    c.expect(&cmd("MULTI"), b"+OK\r\n");
+    c.expect(&cmd("INCR balance{u1}"), b"+QUEUED\r\n");
+    c.expect(&cmd("EXEC"), b"*1\r\n:2\r\n");
+}
+
+#[test]
+fn a_cross_shard_command_inside_multi_aborts_the_whole_transaction() {
+    let s = setup();
+    let (a, b) = s.keys_on_two_shards("acct");
+    let mut c = s.client();
+    c.expect(&cmd("MULTI"), b"+OK\r\n");
+    c.expect(&cmd(&format!("SET {a} 1")), b"+QUEUED\r\n");
+    c.send(&cmd(&format!("SET {b} 2")));
+    let refused = String::from_utf8(c.line()).unwrap();
+    assert!(
+        refused.starts_with("-CROSSSLOT ") && refused.contains("EXEC will abort"),
+        "{refused}"
+    );
+    c.expect(&cmd("PING"), b"+QUEUED\r\n");
+    c.expect(
+        &cmd("EXEC"),
+        b"-EXECABORT Transaction discarded because of previous errors.\r\n",
+    );
+    c.expect(&cmd(&format!("EXISTS {a}")), b":0\r\n");
+    c.expect(&cmd(&format!("EXISTS {b}")), b":0\r\n");
+    // A command that needs every shard aborts it too, and unknown commands as in Redis.
+    c.expect(&cmd("MULTI"), b"+OK\r\n");
+    c.expect(&cmd(&format!("SET {a} 1")), b"+QUEUED\r\n");
+    c.send(&cmd("DBSIZE"));
+    assert!(c.line().starts_with(b"-ERR 'DBSIZE' inside MULTI needs every shard"));
+    c.expect(
+        &cmd("EXEC"),
+        b"-EXECABORT Transaction discarded because of previous errors.\r\n",
+    );
+    c.expect(&cmd("MULTI"), b"+OK\r\n");
+    c.send(&cmd("NOSUCH x"));
+    assert!(c.line().starts_with(b"-ERR unknown command 'NOSUCH'"));
+    c.expect(
+        &cmd("EXEC"),
+        b"-EXECABORT Transaction discarded because of previous errors.\r\n",
+    );
+    c.expect(&cmd(&format!("EXISTS {a}")), b":0\r\n");
+    // Nesting and EXEC without MULTI are Redis's errors.
+    c.expect(&cmd("EXEC"), b"-ERR EXEC without MULTI\r\n");
+    c.expect(&cmd("MULTI"), b"+OK\r\n");
+    c.expect(&cmd("MULTI"), b"-ERR MULTI calls can not be nested\r\n");
+    c.expect(&cmd("WATCH x"), b"-ERR WATCH inside MULTI is not allowed\r\n");
+    c.expect(&cmd("DISCARD"), b"+OK\r\n");
+    // Keyless commands queued before the transaction has a shard run with it, in order.
+    c.expect(&cmd("MULTI"), b"+OK\r\n");
+    c.expect(&cmd("PING"), b"+QUEUED\r\n");
+    c.expect(&cmd("ECHO hi"), b"+QUEUED\r\n");
+    c.expect(&cmd(&format!("INCR {b}")), b"+QUEUED\r\n");
+    c.expect(&cmd("EXEC"), b"*3\r\n+PONG\r\n$2\r\nhi\r\n:1\r\n");
+    c.expect(&cmd("MULTI"), b"+OK\r\n");
+    c.expect(&cmd("EXEC"), b"*0\r\n");
+}
+
+/// A client blocked for 30 s on BLPOP (longer than the pool's request `timeout`) delays no other
+/// client of that shard, even with one shared server connection, and gets its nil at 30 s.
+#[test]
+fn a_client_blocked_30s_on_blpop_stalls_nobody_and_keeps_its_timeout() {
+    let s = setup_with(1, "  timeout: 500\n  server_connections: 1\n");
+    let mut blocked = s.client();
+    let mut other = s.client();
+    let sample = |c: &mut Client, n: usize| -> Vec<Duration> {
+        (0..n)
+            .map(|i| {
+                let t = Instant::now();
+                c.expect(&cmd(&format!("SET k{i} v")), b"+OK\r\n");
+                t.elapsed()
+            })
+            .collect()
+    };
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let before = median(sample(&mut other, 500));
+    let start = Instant::now();
+    blocked.send(&cmd("BLPOP jobs 30"));
+    eventually("the BLPOP is blocked on the server", || s.blocked_on(0) == 1);
+    let mut during = Vec::new();
+    let mut worst = Duration::ZERO;
+    while start.elapsed() < Duration::from_secs(28) {
+        let d = sample(&mut other, 50);
+        worst = worst.max(*d.iter().max().unwrap());
+        during.extend(d);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let during_median = median(during);
+    println!(
+        "median SET latency: {:?} before, {:?} while a client is blocked (ratio {:.2}); worst {:?}",
+        before,
+        during_median,
+        during_median.as_secs_f64() / before.as_secs_f64(),
+        worst
+    );
+    assert!(
+        worst < Duration::from_secs(2),
+        "another client was stalled for {worst:?}"
+    );
+    blocked.expect(b"", b"*-1\r\n");
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_secs(29), "BLPOP 30 answered after {waited:?}");
+    // The same connection serves the client again.
+    blocked.expect(&cmd("RPUSH jobs a"), b":1\r\n");
+    blocked.expect(&cmd("BLPOP jobs 0"), b"*2\r\n$4\r\njobs\r\n$1\r\na\r\n");
+}
+
+#[test]
+fn a_client_killed_while_blocked_loses_no_element() {
+    let s = setup();
+    let shard = s.shard_of("queue{q}");
+    let mut pusher = s.client();
+    for round in 0..10 {
+        let mut blocked = s.client();
+        blocked.send(&cmd("BLPOP queue{q} 0"));
+        eventually("the BLPOP is blocked on the server", || s.blocked_on(shard) == 1);
+        drop(blocked);
+        // legate closes that client's server connection: nothing is blocked for it any more.
+        eventually("the dead client's BLPOP is gone from the server", || {
+            s.blocked_on(shard) == 0
+        });
+        pusher.expect(&cmd(&format!("RPUSH queue{{q}} job{round}")), b":1\r\n");
+        pusher.expect(
+            &cmd("LRANGE queue{q} 0 -1"),
+            format!("*1\r\n${}\r\njob{round}\r\n", 3 + round.to_string().len()).as_bytes(),
+        );
+        pusher.expect(&cmd("DEL queue{q}"), b":1\r\n");
+    }
+    // A live blocked client gets what is pushed, on any of the blocking commands.
+    let mut waiter = s.client();
+    waiter.send(&cmd("BRPOPLPUSH src{q} dst{q} 0"));
+    eventually("blocked", || s.blocked_on(shard) == 1);
+    pusher.expect(&cmd("RPUSH src{q} x"), b":1\r\n");
+    waiter.expect(b"", b"$1\r\nx\r\n");
+    pusher.expect(&cmd("LRANGE dst{q} 0 -1"), b"*1\r\n$1\r\nx\r\n");
+    waiter.expect(&cmd("XADD st{q} 1-1 f v"), b"$3\r\n1-1\r\n");
+    waiter.send(&cmd("XREAD BLOCK 0 STREAMS st{q} $"));
+    eventually("XREAD blocked", || s.blocked_on(shard) == 1);
+    pusher.expect(&cmd("XADD st{q} 2-1 f w"), b"$3\r\n2-1\r\n");
+    let got = waiter.value();
+    assert_eq!(got.items()[0].items()[0].text(), "st{q}");
+}
+
+/// A client pipelining commands behind a blocking one has them run after it, as in Redis.
+#[test]
+fn commands_pipelined_behind_a_blocking_one_wait_for_it() {
+    let s = setup();
+    let mut c = s.client();
+    let mut pusher = s.client();
+    let mut pipeline = cmd("BLPOP work{w} 0");
+    pipeline.extend(cmd("GET after{w}"));
+    c.send(&pipeline);
+    let shard = s.shard_of("work{w}");
+    eventually("blocked", || s.blocked_on(shard) == 1);
+    pusher.expect(&cmd("SET after{w} set-later"), b"+OK\r\n");
+    pusher.expect(&cmd("RPUSH work{w} item"), b":1\r\n");
+    c.expect(b"", b"*2\r\n$7\r\nwork{w}\r\n$4\r\nitem\r\n");
+    c.expect(b"", b"$9\r\nset-later\r\n");
+}
+
+#[test]
+fn a_thousand_subscribers_receive_every_message_in_order() {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let s = setup();
+    let mut subscribers: Vec<Client> = (0..1000).map(|_| s.client()).collect();
+    for c in &mut subscribers {
+        c.send(&cmd("SUBSCRIBE news"));
+    }
+    for c in &mut subscribers {
+        c.expect(b"", b"*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n");
+    }
+    let mut publisher = s.client();
+    for i in 0..100 {
+        publisher.expect(&cmd(&format!("PUBLISH news m{i}")), b":1000\r\n");
+    }
+    for c in &mut subscribers {
+        for i in 0..100 {
+            let m = format!("m{i}");
+            c.expect(
+                b"",
+                format!("*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n${}\r\n{m}\r\n", m.len()).as_bytes(),
+            );
+        }
+    }
+    publisher.expect(
+        &cmd("PUBSUB NUMSUB news other"),
+        b"*4\r\n$4\r\nnews\r\n:1000\r\n$5\r\nother\r\n:0\r\n",
+    );
+}
+
+#[test]
+fn subscriptions_span_shards_and_patterns_hear_every_shard() {
+    let s = setup();
+    let (a, b) = s.keys_on_two_shards("chan");
+    let (ba, bb) = (bulk(&a), bulk(&b));
+    let mut sub = s.client();
+    let mut p = s.client();
+    sub.send(&cmd(&format!("SUBSCRIBE {a} {b}")));
+    sub.expect(b"", format!("*3\r\n$9\r\nsubscribe\r\n{ba}:1\r\n").as_bytes());
+    sub.expect(b"", format!("*3\r\n$9\r\nsubscribe\r\n{bb}:2\r\n").as_bytes());
+    sub.expect(
+        &cmd("PSUBSCRIBE chan*"),
+        b"*3\r\n$10\r\npsubscribe\r\n$5\r\nchan*\r\n:3\r\n",
+    );
+    // RESP2 subscribed mode: only (un)subscribe, PING, QUIT, RESET.
+    sub.expect(&cmd("PING"), b"*2\r\n$4\r\npong\r\n$0\r\n\r\n");
+    sub.send(&cmd("GET x"));
+    assert!(sub.line().starts_with(b"-ERR Can't execute 'get': only (P|S)SUBSCRIBE"));
+    p.expect(&cmd(&format!("PUBLISH {b} hello")), b":2\r\n");
+    sub.expect(b"", format!("*3\r\n$7\r\nmessage\r\n{bb}$5\r\nhello\r\n").as_bytes());
+    sub.expect(
+        b"",
+        format!("*4\r\n$8\r\npmessage\r\n$5\r\nchan*\r\n{bb}$5\r\nhello\r\n").as_bytes(),
+    );
+    let mut channels: Vec<String> = p
+        .words("PUBSUB CHANNELS chan*")
+        .items()
+        .iter()
+        .map(Value::text)
+        .collect();
+    channels.sort();
+    let mut want = vec![a.clone(), b.clone()];
+    want.sort();
+    assert_eq!(channels, want);
+    p.expect(&cmd("PUBSUB NUMPAT"), b":1\r\n");
+    sub.expect(
+        &cmd(&format!("UNSUBSCRIBE {a}")),
+        format!("*3\r\n$11\r\nunsubscribe\r\n{ba}:2\r\n").as_bytes(),
+    );
+    p.expect(&cmd(&format!("PUBLISH {a} gone")), b":1\r\n");
+    sub.expect(
+        b"",
+        format!("*4\r\n$8\r\npmessage\r\n$5\r\nchan*\r\n{ba}$4\r\ngone\r\n").as_bytes(),
+    );
+    sub.expect(
+        &cmd("PUNSUBSCRIBE"),
+        b"*3\r\n$12\r\npunsubscribe\r\n$5\r\nchan*\r\n:1\r\n",
+    );
+    sub.expect(
+        &cmd("UNSUBSCRIBE"),
+        format!("*3\r\n$11\r\nunsubscribe\r\n{bb}:0\r\n").as_bytes(),
+    );
+    // Out of subscribed mode: ordinary commands again.
+    sub.expect(&cmd("SET x 1"), b"+OK\r\n");
+    p.expect(&cmd(&format!("PUBLISH {b} nobody")), b":0\r\n");
+    sub.expect(&cmd("UNSUBSCRIBE"), b"*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n");
+}
+
+#[test]
+fn resp3_pushes_interleave_with_replies() {
+    let s = setup();
+    let mut sub = s.client();
+    let mut p = s.client();
+    sub.send(&cmd("HELLO 3"));
+    assert_eq!(sub.line(), b"%7\r\n");
+    sub.until(b"*0\r\n");
+    sub.expect(&cmd("SUBSCRIBE feed"), b">3\r\n$9\r\nsubscribe\r\n$4\r\nfeed\r\n:1\r\n");
+    sub.expect(&cmd("SET k v"), b"+OK\r\n");
+    p.expect(&cmd("PUBLISH feed one"), b":1\r\n");
+    sub.expect(b"", b">3\r\n$7\r\nmessage\r\n$4\r\nfeed\r\n$3\r\none\r\n");
+    sub.expect(&cmd("GET k"), b"$1\r\nv\r\n");
+    sub.expect(
+        &cmd("UNSUBSCRIBE feed"),
+        b">3\r\n$11\r\nunsubscribe\r\n$4\r\nfeed\r\n:0\r\n",
+    );
+}
+
+/// A shard lost while a client is subscribed there closes the client, as a restarted Redis
+/// would; client libraries reconnect and subscribe again.
+#[test]
+fn a_subscribed_client_is_closed_when_its_shard_is_lost() {
+    let mut s = setup();
+    let shard = s.shard_of("alerts");
+    let mut sub = s.client();
+    sub.expect(
+        &cmd("SUBSCRIBE alerts"),
+        b"*3\r\n$9\r\nsubscribe\r\n$6\r\nalerts\r\n:1\r\n",
+    );
+    s.backends[shard].child.kill().unwrap();
+    let line = String::from_utf8(sub.line()).unwrap();
+    assert!(line.starts_with("-ERR ") && line.contains("subscribe again"), "{line}");
+    assert!(sub.closed());
+}
+
+#[test]
+fn connections_of_their_own_are_capped_per_server() {
+    let s = setup_with(1, "  max_pinned_connections: 2\n");
+    let mut a = s.client();
+    let mut b = s.client();
+    a.send(&cmd("BLPOP l1 0"));
+    b.send(&cmd("BLPOP l2 0"));
+    eventually("two blocked", || s.blocked_on(0) == 2);
+    let mut c = s.client();
+    c.send(&cmd("BLPOP l3 0"));
+    let refused = String::from_utf8(c.line()).unwrap();
+    assert!(refused.contains("max_pinned_connections (2)"), "{refused}");
+    c.send(&cmd("WATCH k"));
+    assert!(c.line().starts_with(b"-ERR cannot serve this command now"));
+    // Shared connections are not counted: ordinary commands still work.
+    c.expect(&cmd("RPUSH l1 x"), b":1\r\n");
+    a.expect(b"", b"*2\r\n$2\r\nl1\r\n$1\r\nx\r\n");
+    // a's connection went back idle: c can have it.
+    c.expect(&cmd("WATCH k"), b"+OK\r\n");
+    c.expect(&cmd("UNWATCH"), b"+OK\r\n");
+    drop(b);
+    let v = c.words("RPUSH l2 y");
+    assert_eq!(v, Value::Int(1));
+}
