@@ -4,7 +4,9 @@
 //! Each library runs one script (tests/clients/) of cases — connect, the client name option,
 //! strings, hashes, lists, sets, sorted sets, streams, expiry, reply types, pipelines of 100+,
 //! Lua (EVAL, SCRIPT LOAD/EVALSHA, the library's registered scripts), functions, SCAN to
-//! completion, multi-key commands on hash-tagged keys. Every case checks its values in the
+//! completion, multi-key commands on hash-tagged keys, transactions (redis-py's default
+//! pipeline, node-redis and ioredis `multi()`), WATCH aborted by another client, pub/sub with
+//! channels on several shards and a pattern, and BLPOP. Every case checks its values in the
 //! script; the test runs the same script against one redis-server directly and requires the
 //! same transcript, line for line, through legate.
 //!

@@ -328,6 +328,76 @@ def hash_tagged_multi_key():
     return r.lrange(l2, 0, -1)
 
 
+@case
+def transaction_pipeline():
+    # redis-py's default pipeline is a MULTI/EXEC transaction.
+    a, b = f"{T}:tx:a", f"{T}:tx:b"
+    pipe = r.pipeline()
+    pipe.set(a, 1).incr(a).rpush(b, "x", "y").lrange(b, 0, -1)
+    got = eq(pipe.execute(), [True, 2, 2, [b"x", b"y"]])
+    eq(r.get(a), b"2")
+    return got
+
+
+@case
+def watch_optimistic_lock():
+    k = f"{T}:tx:counter"
+    r.set(k, 10)
+    other = redis.Redis(port=PORT, **OPTS)
+    attempts = 0
+    with r.pipeline() as pipe:
+        while True:
+            attempts += 1
+            try:
+                pipe.watch(k)
+                v = int(pipe.get(k))
+                if attempts == 1:
+                    other.incr(k)  # someone else changes it: the first EXEC must fail
+                pipe.multi()
+                pipe.set(k, v * 2)
+                pipe.execute()
+                break
+            except redis.WatchError:
+                continue
+    other.close()
+    eq(attempts, 2)
+    return [attempts, r.get(k)]
+
+
+@case
+def pubsub_channels_and_patterns():
+    ps = r.pubsub()
+    ch, other = f"{P}:news", f"{P}:sport"
+    ps.subscribe(ch, other)
+    ps.psubscribe(f"{P}:*")
+    confirmations = [ps.get_message(timeout=5) for _ in range(3)]
+    eq([m["type"] for m in confirmations], ["subscribe", "subscribe", "psubscribe"])
+    eq(r.publish(ch, "hello"), 2)
+    eq(r.publish(other, "goal"), 2)
+    got = []
+    while len(got) < 4:
+        m = ps.get_message(timeout=5)
+        assert m is not None, f"only {got}"
+        got.append((m["type"], m["channel"], m["data"]))
+    got.sort()
+    eq(r.pubsub_numsub(ch), [(ch.encode(), 1)])
+    ps.unsubscribe(ch)
+    ps.punsubscribe()
+    ps.close()
+    return got
+
+
+@case
+def blocking_pop():
+    q = f"{T}:queue"
+    eq(r.blpop([q], timeout=0.2), None)
+    other = redis.Redis(port=PORT, **OPTS)
+    other.rpush(q, "job")
+    got = eq(r.blpop([q], timeout=5), (q.encode(), b"job"))
+    other.close()
+    return got
+
+
 r.close()
 if failed:
     print(f"failed: {', '.join(failed)}")

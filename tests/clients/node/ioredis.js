@@ -276,6 +276,60 @@ async function main() {
       assert.equal(await r.pfcount(`${T}:hll1`, `${T}:hll2`), 3);
       return await r.lrange(l2, 0, -1);
     },
+    async transaction() {
+      const [a, b] = [`${T}:tx:a`, `${T}:tx:b`];
+      const got = await r.multi().set(a, '1').incr(a).rpush(b, 'x', 'y').lrange(b, 0, -1).exec();
+      assert.deepEqual(got, [
+        [null, 'OK'],
+        [null, 2],
+        [null, 2],
+        [null, ['x', 'y']],
+      ]);
+      return got;
+    },
+    async watchAborts() {
+      const k = `${T}:tx:w`;
+      await r.set(k, '1');
+      const c = new Redis(opts());
+      const other = new Redis(opts());
+      await c.watch(k);
+      await other.set(k, '2');
+      const got = await c.multi().set(k, '3').exec();
+      assert.equal(got, null);
+      assert.equal(await r.get(k), '2');
+      c.disconnect();
+      other.disconnect();
+      return got;
+    },
+    async pubsub() {
+      const sub = new Redis(opts());
+      const got = [];
+      const done = new Promise((resolve) => {
+        const take = (...args) => {
+          got.push(args.slice(-2));
+          if (got.length === 3) resolve();
+        };
+        sub.on('message', take);
+        sub.on('pmessage', take);
+      });
+      assert.equal(await sub.subscribe(`${P}:news`, `${P}:sport`), 2);
+      assert.equal(await sub.psubscribe(`${P}:n*`), 3);
+      assert.equal(await r.publish(`${P}:news`, 'hello'), 2);
+      assert.equal(await r.publish(`${P}:sport`, 'goal'), 1);
+      await done;
+      sub.disconnect();
+      return got.sort();
+    },
+    async blockingPop() {
+      const q = `${T}:queue`;
+      assert.equal(await r.blpop(q, 0.2), null);
+      const other = new Redis(opts());
+      await other.rpush(q, 'job');
+      const got = await r.blpop(q, 5);
+      assert.deepEqual(got, [q, 'job']);
+      other.disconnect();
+      return got;
+    },
   };
   const failed = await runCases(cases);
   r.disconnect();

@@ -305,6 +305,65 @@ async function main() {
       assert.equal(await r.pfCount([`${T}:hll1`, `${T}:hll2`]), 3);
       return await r.lRange(l2, 0, -1);
     },
+    async transaction() {
+      const [a, b] = [`${T}:tx:a`, `${T}:tx:b`];
+      const got = await r.multi().set(a, '1').incr(a).rPush(b, ['x', 'y']).lRange(b, 0, -1).exec();
+      assert.deepEqual(got, ['OK', 2, 2, ['x', 'y']]);
+      assert.equal(await r.get(a), '2');
+      return got;
+    },
+    async watchAborts() {
+      const k = `${T}:tx:w`;
+      await r.set(k, '1');
+      const c = await r.duplicate().connect();
+      const other = await r.duplicate().connect();
+      await c.watch(k);
+      await other.set(k, '2');
+      let aborted = false;
+      try {
+        await c.multi().set(k, '3').exec();
+      } catch (e) {
+        aborted = e.constructor.name;
+      }
+      assert.ok(aborted, 'EXEC after a watched change must abort');
+      assert.equal(await r.get(k), '2');
+      c.destroy();
+      other.destroy();
+      return aborted;
+    },
+    async pubsub() {
+      const sub = r.duplicate();
+      sub.on('error', () => {});
+      await sub.connect();
+      const got = [];
+      let resolve;
+      const done = new Promise((r) => {
+        resolve = r;
+      });
+      const take = (message, channel) => {
+        got.push([channel, message]);
+        if (got.length === 3) resolve();
+      };
+      await sub.subscribe([`${P}:news`, `${P}:sport`], take);
+      await sub.pSubscribe(`${P}:n*`, take);
+      assert.equal(await r.publish(`${P}:news`, 'hello'), 2);
+      assert.equal(await r.publish(`${P}:sport`, 'goal'), 1);
+      await done;
+      await sub.unsubscribe();
+      await sub.pUnsubscribe();
+      sub.destroy();
+      return got.sort();
+    },
+    async blockingPop() {
+      const q = `${T}:queue`;
+      assert.equal(await r.blPop(q, 0.2), null);
+      const other = await r.duplicate().connect();
+      await other.rPush(q, 'job');
+      const got = await r.blPop(q, 5);
+      assert.deepEqual(got, { key: q, element: 'job' });
+      other.destroy();
+      return got;
+    },
   };
   const failed = await runCases(cases);
   r.destroy();
