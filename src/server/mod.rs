@@ -253,11 +253,33 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    // Until the client sends something it costs only this small future: the session's state
+    // (its reply queue, writer task, parser and routing state, about 3 KB) is made when the
+    // first bytes come. Idle connections are what a pool of clients mostly holds.
+    let mut buf = BytesMut::new();
+    let idle = pool.topo.load().pool.client_idle_timeout;
+    let mut drain = pool.drain.clone();
+    let first = tokio::select! {
+        r = rd.read_buf(&mut buf) => matches!(r, Ok(n) if n > 0),
+        _ = drain.wait_for(|d| *d) => false,
+        _ = tokio::time::sleep(idle.unwrap_or_default()), if idle.is_some() => false,
+    };
+    if first {
+        Box::pin(serve(rd, wr, pool, buf)).await;
+    }
+}
+
+/// [`session`] from the client's first bytes on.
+async fn serve<R, W>(mut rd: R, wr: W, pool: PoolHandle, buf: BytesMut)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let q = Replies::new(SLOTS_IN_FLIGHT, REPLY_BYTES_HELD);
     let stats = pool.topo.load().stats.clone();
     let writer = tokio::spawn(write_replies(wr, q.clone(), pool.protocol, stats));
     let mut drain = pool.drain.clone();
-    let drained = read_requests(&mut rd, &q, &pool.topo, pool.protocol, &mut drain).await;
+    let drained = read_requests(&mut rd, &q, &pool.topo, pool.protocol, &mut drain, buf).await;
     q.finish();
     let _ = writer.await;
     if drained {
@@ -280,6 +302,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
     topo: &SharedTopology,
     protocol: Protocol,
     drain: &mut watch::Receiver<bool>,
+    mut buf: BytesMut,
 ) -> bool {
     if *drain.borrow() {
         return true;
@@ -287,8 +310,6 @@ async fn read_requests<R: AsyncRead + Unpin>(
     let mut session = router::RedisSession::default();
     let mut mc = router::MemcacheSession::default();
     let mut outbox = Outbox::default();
-    // Allocated on the first read: a client that never sends costs no buffer.
-    let mut buf = BytesMut::new();
     // Parse again only once the buffer holds this many bytes.
     let mut need = 1;
     loop {
