@@ -401,3 +401,78 @@ fn sigterm_under_load_answers_everything_read_and_exits_0() {
     proxy.wait_log("stopped");
     let _ = Path::new("");
 }
+
+/// Clients on connections of their own (a blocking command, a subscription) are closed cleanly
+/// when a reload removes their server, and kept when it keeps it.
+#[test]
+fn a_reload_closes_the_pins_of_a_removed_server_and_keeps_the_others() {
+    let redis: Vec<Proc> = (0..2).map(|_| redis_server()).collect();
+    let port = free_port();
+    let shape = two_md5_servers();
+    let path = config_file(&yaml(port, &shape, &redis, &[]));
+    let proxy = legate_logged(&path, port, &["--no-watch"]);
+    let mut c = Client::connect(port);
+    // A key on each server: written through legate, found directly.
+    let mut on = |server: usize| {
+        (0..200)
+            .map(|i| format!("key{i}"))
+            .find(|k| {
+                c.expect(&resp(&["SET", k, "v"]), b"+OK\r\n");
+                let mut d = Client::connect(redis[server].port);
+                d.send(&resp(&["EXISTS", k]));
+                d.line() == b":1\r\n"
+            })
+            .expect("a key on that server")
+    };
+    let (kept, removed) = (on(0), on(1));
+    for k in [&kept, &removed] {
+        c.expect(&resp(&["DEL", k]), b":1\r\n");
+    }
+    let mut blocked_kept = Client::connect(port);
+    blocked_kept.send(&resp(&["BLPOP", &kept, "0"]));
+    let mut blocked_removed = Client::connect(port);
+    blocked_removed.send(&resp(&["BLPOP", &removed, "0"]));
+    let mut subscriber = Client::connect(port);
+    subscriber.send(&resp(&["SUBSCRIBE", &removed]));
+    assert!(subscriber.line().starts_with(b"*3"));
+    subscriber.exact(b"$9\r\nsubscribe\r\n".len());
+    subscriber.line();
+    subscriber.line();
+    assert_eq!(subscriber.line(), b":1\r\n");
+    let blocked_on = |p: &Proc| {
+        let mut d = Client::connect(p.port);
+        d.send(&resp(&["INFO", "clients"]));
+        let n: usize = String::from_utf8(d.line()).unwrap().trim()[1..].parse().unwrap();
+        let info = String::from_utf8(d.exact(n + 2)).unwrap();
+        info.contains("blocked_clients:1")
+    };
+    common::eventually("both BLPOPs blocked", || blocked_on(&redis[0]) && blocked_on(&redis[1]));
+    let shrunk = Shape {
+        servers: vec![(0, 1)],
+        ..shape
+    };
+    std::fs::write(&path, yaml(port, &shrunk, &redis, &[])).unwrap();
+    std::process::Command::new("kill")
+        .args(["-HUP", &proxy.proc.child.id().to_string()])
+        .status()
+        .unwrap();
+    proxy.wait_log("config generation 2 applied");
+    // The removed server's clients hear why, at once.
+    let err = String::from_utf8(blocked_removed.line()).unwrap();
+    assert!(err.starts_with("-ERR "), "{err}");
+    let err = String::from_utf8(subscriber.line()).unwrap();
+    assert!(
+        err.contains("left the pool") && err.contains("subscribe again"),
+        "{err}"
+    );
+    assert!(subscriber.closed());
+    common::eventually("the removed server has no blocked client", || !blocked_on(&redis[1]));
+    // The kept server's blocked client is still blocked there and gets what is pushed.
+    assert!(blocked_on(&redis[0]));
+    let mut direct = Client::connect(redis[0].port);
+    direct.expect(&resp(&["RPUSH", &kept, "x"]), b":1\r\n");
+    blocked_kept.expect(
+        b"",
+        format!("*2\r\n${}\r\n{kept}\r\n$1\r\nx\r\n", kept.len()).as_bytes(),
+    );
+}
