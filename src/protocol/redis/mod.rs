@@ -9,7 +9,8 @@ mod command;
 
 pub use command::{has_block_option, pattern_key_part, sort_patterns};
 pub use command::{
-    key_positions, lookup, BadKeys, Begin, Command, Fan, Find, KeySpec, Keys, Merge, Route, Unknown, COMMANDS,
+    key_positions, lookup, row_index, BadKeys, Begin, Command, Fan, Find, KeySpec, Keys, Merge, Route, Unknown,
+    COMMANDS,
 };
 
 use super::{find_lf, parse_i64, Need, Parse, MAX_LINE_BYTES, MAX_VALUE_BYTES};
