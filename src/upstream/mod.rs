@@ -8,6 +8,28 @@
 //! client's reply queue ([`crate::replies`]), which puts it back in that client's order.
 //! Sessions queue the jobs of one read together ([`Outbox`]); the queues (`queue.rs`) are a
 //! mutex around a `VecDeque`, taken whole, so a batch costs one lock and at most one wakeup.
+//!
+//! # What the reader can tell about a reply
+//! Nothing in a text memcache reply or a RESP reply names the request it answers, so replies are
+//! paired with requests by order alone, and checked for what order allows:
+//! - memcache text: each request admits a known set of reply lines (a set: STORED, NOT_STORED,
+//!   EXISTS, NOT_FOUND or an error line), so an extra or foreign line is caught at once.
+//!   memcache binary: a reply must echo its request's opcode and opaque.
+//! - Redis: a reply must be well-formed RESP within `max_reply_bytes`, and bytes that arrive when
+//!   no request waits on the connection answer nothing. Either way the stream is out of step: the
+//!   connection is closed, the requests waiting on it (and only those) fail naming the server,
+//!   and the next request reconnects.
+//!
+//! What cannot be told: a *well-formed* Redis reply too many (a faulty server answering one
+//! request twice, a middlebox injecting one) that arrives while other requests wait is taken as
+//! the next request's reply, and every later reply on that connection shifts by one onto the
+//! wrong request, until the connection drains and the surplus reply arrives with nothing waiting;
+//! only then is the connection closed. The same holds for a surplus that arrives while the
+//! connection is idle but is read only after the next request was written. RESP has no request
+//! id, and any reply type is valid for some command: checking each reply's type against its
+//! command's (GET: a bulk string, a null or an error) would catch some shifts, never one between
+//! two requests with the same reply type, and costs a reply-type table and a check per reply.
+//! legate relies, as twemproxy does, on a Redis server answering each request once.
 
 mod pinned;
 pub(crate) mod queue;

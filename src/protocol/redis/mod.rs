@@ -228,11 +228,16 @@ impl ReplyScan {
         }
     }
 
-    /// Forget progress: the next reply starts at the front of the buffer.
+    /// Forget progress: the next reply starts at the front of the buffer. The stack of a deeply
+    /// nested reply is given back rather than kept for the connection's life.
     pub fn reset(&mut self) {
         self.pos = 0;
         self.need = 0;
-        self.open.clear();
+        if self.open.capacity() > 1024 {
+            self.open = Vec::new();
+        } else {
+            self.open.clear();
+        }
     }
 
     /// After an incomplete scan: how many bytes the buffer must hold before the reply can be
