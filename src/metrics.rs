@@ -4,7 +4,15 @@
 //! once per pool and server (at start and reload). Scrapes copy them into the `metrics` facade
 //! handles (made at the same time), which the Prometheus exporter renders; the twemproxy-style
 //! `/stats` JSON reads the same atomics, so both views always agree.
+//!
+//! Latency histograms (per server, and per command of a pool) are atomics too, rendered by
+//! hand at scrape time: a reply adds to two buckets found by a binary search over integer
+//! nanoseconds, and the per-command one is an index into a fixed array (a row of the Redis
+//! command table, or a memcache command), so no label is ever formatted or looked up per request
+//! and no label comes from what a client sent.
 
+use crate::config::Protocol;
+use crate::protocol::{memcache, redis};
 use metrics::{Counter, Gauge};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -54,6 +62,8 @@ pub struct PoolStats {
     pub subscribed_clients: AtomicI64,
     /// Channels, patterns and shard channels subscribed to, over every client, now.
     pub subscriptions: AtomicI64,
+    /// Latency by command, shared with the pool's servers (which record it).
+    pub commands: Arc<CommandLatency>,
     handles: PoolHandles,
 }
 
@@ -75,7 +85,7 @@ struct PoolHandles {
 }
 
 impl PoolStats {
-    pub fn new(pool: &str) -> Arc<PoolStats> {
+    pub fn new(pool: &str, protocol: Protocol) -> Arc<PoolStats> {
         let p = pool.to_string();
         let handles = PoolHandles {
             client_connections: metrics::gauge!("legate_client_connections", "pool" => p.clone()),
@@ -110,6 +120,7 @@ impl PoolStats {
             transaction_clients: AtomicI64::new(0),
             subscribed_clients: AtomicI64::new(0),
             subscriptions: AtomicI64::new(0),
+            commands: CommandLatency::new(protocol),
             handles,
         })
     }
@@ -175,16 +186,251 @@ pub struct ServerStats {
     /// Clients refused a connection of their own at `max_pinned_connections`.
     pub pinned_refused: AtomicU64,
     handles: ServerHandles,
-    /// Request latency: counts per bucket of [`LATENCY_BOUNDS`] (the last is +Inf) and the sum.
-    latency: [AtomicU64; LATENCY_BOUNDS.len() + 1],
-    latency_sum_ns: AtomicU64,
+    /// Request latency, from writing a request to reading its reply.
+    latency: Histogram,
+    /// The pool's latency by command, which this server's replies add to.
+    commands: Arc<CommandLatency>,
     pool: String,
 }
 
-/// Upper bounds (seconds) of the latency histogram's buckets.
+/// Upper bounds (seconds) of the latency histograms' buckets.
 pub const LATENCY_BOUNDS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
+
+/// [`LATENCY_BOUNDS`] in nanoseconds, for the request path (no float conversion).
+const LATENCY_BOUNDS_NS: [u64; 14] = [
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+];
+
+/// A latency histogram over [`LATENCY_BOUNDS`]: a count per bucket (the last is +Inf) and the
+/// sum, relaxed atomics only.
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+/// A duration's nanoseconds and the bucket they fall in.
+#[inline]
+fn bucket(d: std::time::Duration) -> (usize, u64) {
+    let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    (LATENCY_BOUNDS_NS.partition_point(|&b| b < ns), ns)
+}
+
+impl Histogram {
+    #[inline]
+    fn add(&self, bucket: usize, ns: u64) {
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Append the histogram's lines in Prometheus text format, with `labels` (already
+    /// escaped, comma-separated).
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (i, b) in LATENCY_BOUNDS.iter().enumerate() {
+            cumulative += self.buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
+        }
+        cumulative += self.buckets[LATENCY_BOUNDS.len()].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
+        let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+    }
+}
+
+/// A label value in Prometheus text format.
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The memcache commands that reach a server, by the names memcached gives them (meta commands
+/// by their two letters); text and binary requests share them.
+pub const MEMCACHE_COMMANDS: [&str; 22] = [
+    "get",
+    "gets",
+    "gat",
+    "gats",
+    "set",
+    "add",
+    "replace",
+    "append",
+    "prepend",
+    "cas",
+    "incr",
+    "decr",
+    "delete",
+    "touch",
+    "mg",
+    "ms",
+    "md",
+    "ma",
+    "me",
+    "flush_all",
+    "version",
+    "stats",
+];
+
+/// Which per-command histogram a request's latency goes to: a row of the Redis command table
+/// ([`redis::COMMANDS`]), an index into [`MEMCACHE_COMMANDS`], or `other` (requests legate
+/// makes itself, or routed before their command was known). Set once per request by the
+/// router, carried with the request's reply handle, so recording it is an array index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommandTag(u16);
+
+impl Default for CommandTag {
+    fn default() -> Self {
+        CommandTag::OTHER
+    }
+}
+
+impl CommandTag {
+    /// Counted as `other`.
+    pub const OTHER: CommandTag = CommandTag(u16::MAX);
+
+    /// The Redis command of a table row.
+    pub fn redis(cmd: &'static redis::Command) -> CommandTag {
+        redis::row_index(cmd)
+            .and_then(|i| u16::try_from(i).ok())
+            .map_or(CommandTag::OTHER, CommandTag)
+    }
+
+    /// A memcache text command.
+    pub fn memcache(c: memcache::Command) -> CommandTag {
+        use memcache::Command as C;
+        let name = match c {
+            C::Get => "get",
+            C::Gets => "gets",
+            C::Gat => "gat",
+            C::Gats => "gats",
+            C::Set => "set",
+            C::Add => "add",
+            C::Replace => "replace",
+            C::Append => "append",
+            C::Prepend => "prepend",
+            C::Cas => "cas",
+            C::Incr => "incr",
+            C::Decr => "decr",
+            C::Delete => "delete",
+            C::Touch => "touch",
+            C::MetaGet => "mg",
+            C::MetaSet => "ms",
+            C::MetaDelete => "md",
+            C::MetaArithmetic => "ma",
+            C::MetaDebug => "me",
+            C::FlushAll => "flush_all",
+            // Asked of every server (in the binary protocol) and merged.
+            C::Version => "version",
+            C::Stats => "stats",
+            // Answered by legate.
+            C::MetaNoop | C::Verbosity | C::Quit => return CommandTag::OTHER,
+        };
+        CommandTag::memcache_named(name)
+    }
+
+    /// A memcache binary request, by opcode (quiet and key-returning forms count as the plain
+    /// command).
+    pub fn memcache_opcode(opcode: u8) -> CommandTag {
+        use memcache::binary::op;
+        let name = match opcode {
+            op::GET | op::GETQ | op::GETK | op::GETKQ => "get",
+            op::GAT | op::GATQ | op::GATK | op::GATKQ => "gat",
+            op::TOUCH => "touch",
+            op::SET | op::SETQ => "set",
+            op::ADD | op::ADDQ => "add",
+            op::REPLACE | op::REPLACEQ => "replace",
+            op::APPEND | op::APPENDQ => "append",
+            op::PREPEND | op::PREPENDQ => "prepend",
+            op::DELETE | op::DELETEQ => "delete",
+            op::INCREMENT | op::INCREMENTQ => "incr",
+            op::DECREMENT | op::DECREMENTQ => "decr",
+            op::FLUSH | op::FLUSHQ => "flush_all",
+            op::VERSION => "version",
+            op::STAT => "stats",
+            _ => return CommandTag::OTHER,
+        };
+        CommandTag::memcache_named(name)
+    }
+
+    fn memcache_named(name: &str) -> CommandTag {
+        MEMCACHE_COMMANDS
+            .iter()
+            .position(|&n| n == name)
+            .map_or(CommandTag::OTHER, |i| CommandTag(i as u16))
+    }
+}
+
+/// One pool's latency by command: a histogram per command of its protocol plus `other`, made
+/// with the pool. Rendered only for commands that were seen, so a scrape shows the commands a
+/// pool serves, never more than the table's rows.
+#[derive(Debug)]
+pub struct CommandLatency {
+    protocol: Protocol,
+    /// Indexed by [`CommandTag`]; the last is `other`.
+    by_command: Box<[Histogram]>,
+}
+
+impl CommandLatency {
+    /// Histograms for every command `protocol` has (none for L4 pools).
+    pub fn new(protocol: Protocol) -> Arc<CommandLatency> {
+        let n = match protocol {
+            Protocol::Redis => redis::COMMANDS.len() + 1,
+            Protocol::Memcache => MEMCACHE_COMMANDS.len() + 1,
+            Protocol::Tcp => 0,
+        };
+        Arc::new(CommandLatency {
+            protocol,
+            by_command: (0..n).map(|_| Histogram::default()).collect(),
+        })
+    }
+
+    #[inline]
+    fn add(&self, tag: CommandTag, bucket: usize, ns: u64) {
+        if let Some(h) = self.by_command.get(tag.0 as usize).or_else(|| self.by_command.last()) {
+            h.add(bucket, ns);
+        }
+    }
+
+    fn name(&self, i: usize) -> &'static str {
+        match self.protocol {
+            Protocol::Redis => redis::COMMANDS.get(i).map(|c| c.name),
+            Protocol::Memcache => MEMCACHE_COMMANDS.get(i).copied(),
+            Protocol::Tcp => None,
+        }
+        .unwrap_or("other")
+    }
+
+    /// Append the histograms of the commands seen, labelled with `pool`.
+    pub fn render(&self, pool: &str, out: &mut String) {
+        let pool = escape(pool);
+        for (i, h) in self.by_command.iter().enumerate() {
+            if h.count() == 0 {
+                continue;
+            }
+            let labels = format!("pool=\"{pool}\",command=\"{}\"", escape(self.name(i)));
+            h.render(out, "legate_command_duration_seconds", &labels);
+        }
+    }
+}
 
 #[derive(Debug)]
 struct ServerHandles {
@@ -206,7 +452,8 @@ struct ServerHandles {
 }
 
 impl ServerStats {
-    pub fn new(pool: &str, server: &str) -> Arc<ServerStats> {
+    /// `commands`: the pool's latency by command, which this server's replies add to.
+    pub fn new(pool: &str, server: &str, commands: Arc<CommandLatency>) -> Arc<ServerStats> {
         let (p, s) = (pool.to_string(), server.to_string());
         let l = || [("pool", p.clone()), ("server", s.clone())];
         let handles = ServerHandles {
@@ -245,40 +492,30 @@ impl ServerStats {
             pinned_connections: AtomicI64::new(0),
             pinned_refused: AtomicU64::new(0),
             handles,
-            latency: Default::default(),
-            latency_sum_ns: AtomicU64::new(0),
+            latency: Histogram::default(),
+            commands,
             pool: p,
         })
     }
 
-    /// Record one request's latency: two relaxed adds, no allocation, no lock.
+    /// Record one request's latency, and under its command when it has one (a request that
+    /// timed out is no longer anyone's: its late reply counts for the server only). Relaxed
+    /// adds into fixed arrays: no allocation, no lock, no label lookup.
     #[inline]
-    pub fn record_latency(&self, d: std::time::Duration) {
-        let secs = d.as_secs_f64();
-        let i = LATENCY_BOUNDS
-            .iter()
-            .position(|&b| secs <= b)
-            .unwrap_or(LATENCY_BOUNDS.len());
-        self.latency[i].fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_ns.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    pub fn record_latency(&self, d: std::time::Duration, command: Option<CommandTag>) {
+        let (i, ns) = bucket(d);
+        self.latency.add(i, ns);
+        if let Some(c) = command {
+            self.commands.add(c, i, ns);
+        }
     }
 
     /// Append the latency histogram in Prometheus text format (the exporter cannot take
     /// pre-aggregated buckets, so the histogram is rendered here).
     pub fn render_latency(&self, out: &mut String) {
-        let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
-        let labels = format!("pool=\"{}\",server=\"{}\"", esc(&self.pool), esc(&self.server));
-        let name = "legate_server_request_duration_seconds";
-        let mut cumulative = 0;
-        for (i, b) in LATENCY_BOUNDS.iter().enumerate() {
-            cumulative += self.latency[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
-        }
-        cumulative += self.latency[LATENCY_BOUNDS.len()].load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
-        let sum = self.latency_sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-        let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+        let labels = format!("pool=\"{}\",server=\"{}\"", escape(&self.pool), escape(&self.server));
+        self.latency
+            .render(out, "legate_server_request_duration_seconds", &labels);
     }
 
     /// Copy the atomics into the exporter's handles.
@@ -396,4 +633,97 @@ pub fn describe() {
         "legate_config_generation",
         "Generation of the running config: 1 at start, +1 per reload."
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn bucket_bounds_in_nanoseconds_are_the_published_ones() {
+        for (ns, s) in LATENCY_BOUNDS_NS.iter().zip(LATENCY_BOUNDS) {
+            assert_eq!(*ns, (s * 1e9).round() as u64);
+        }
+        assert_eq!(
+            bucket(Duration::from_nanos(100_000)),
+            (0, 100_000),
+            "a bound is in its bucket"
+        );
+        assert_eq!(bucket(Duration::from_nanos(100_001)).0, 1);
+        assert_eq!(bucket(Duration::from_secs(3)).0, LATENCY_BOUNDS.len(), "+Inf");
+        assert_eq!(bucket(Duration::MAX).1, u64::MAX);
+    }
+
+    #[test]
+    fn every_memcache_command_sent_to_a_server_has_a_label_of_its_own() {
+        use memcache::Command as C;
+        let sent = [
+            C::Get,
+            C::Gets,
+            C::Gat,
+            C::Gats,
+            C::Set,
+            C::Add,
+            C::Replace,
+            C::Append,
+            C::Prepend,
+            C::Cas,
+            C::Incr,
+            C::Decr,
+            C::Delete,
+            C::Touch,
+            C::MetaGet,
+            C::MetaSet,
+            C::MetaDelete,
+            C::MetaArithmetic,
+            C::MetaDebug,
+            C::FlushAll,
+            C::Version,
+            C::Stats,
+        ];
+        let mut seen: Vec<u16> = sent.iter().map(|&c| CommandTag::memcache(c).0).collect();
+        assert!(seen.iter().all(|&t| (t as usize) < MEMCACHE_COMMANDS.len()));
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), sent.len(), "one label each");
+        assert_eq!(CommandTag::memcache(C::Quit), CommandTag::OTHER);
+        use memcache::binary::op;
+        assert_eq!(CommandTag::memcache_opcode(op::GETKQ), CommandTag::memcache(C::Get));
+        assert_eq!(
+            CommandTag::memcache_opcode(op::DECREMENTQ),
+            CommandTag::memcache(C::Decr)
+        );
+        assert_eq!(CommandTag::memcache_opcode(op::NOOP), CommandTag::OTHER);
+    }
+
+    #[test]
+    fn latency_by_command_renders_only_the_commands_seen() {
+        let commands = CommandLatency::new(Protocol::Redis);
+        let server = ServerStats::new("p\"1", "127.0.0.1:1", commands.clone());
+        let get = CommandTag::redis(redis::lookup(b"get", None).unwrap());
+        let config_get = CommandTag::redis(redis::lookup(b"CONFIG", Some(b"get")).unwrap());
+        server.record_latency(Duration::from_micros(50), Some(get));
+        server.record_latency(Duration::from_millis(3), Some(get));
+        server.record_latency(Duration::from_millis(30), Some(config_get));
+        server.record_latency(Duration::from_millis(1), Some(CommandTag::OTHER));
+        server.record_latency(Duration::from_millis(1), None);
+        let mut out = String::new();
+        commands.render("p\"1", &mut out);
+        let series = |c: &str| format!("legate_command_duration_seconds_count{{pool=\"p\\\"1\",command=\"{c}\"}}");
+        assert!(out.contains(&format!("{} 2\n", series("get"))), "{out}");
+        assert!(out.contains(&format!("{} 1\n", series("config|get"))), "{out}");
+        assert!(out.contains(&format!("{} 1\n", series("other"))), "{out}");
+        assert!(
+            out.contains("legate_command_duration_seconds_bucket{pool=\"p\\\"1\",command=\"get\",le=\"0.0001\"} 1\n"),
+            "{out}"
+        );
+        assert_eq!(out.matches("_count{").count(), 3, "only the commands seen: {out}");
+        let mut per_server = String::new();
+        server.render_latency(&mut per_server);
+        assert!(
+            per_server.contains("_count{pool=\"p\\\"1\",server=\"127.0.0.1:1\"} 5\n"),
+            "{per_server}"
+        );
+    }
 }

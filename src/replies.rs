@@ -7,6 +7,7 @@
 //! is woken only when the entry at the front becomes complete, the reader only when it waits for
 //! room or the writer has gone.
 
+use crate::metrics::CommandTag;
 use crate::router::GatherMerge;
 use crate::upstream::queue::store;
 use crate::upstream::{Reply, UpstreamError};
@@ -185,6 +186,7 @@ impl Replies {
             q: Some(self.clone()),
             seq,
             part: 0,
+            command: CommandTag::OTHER,
         })
     }
 
@@ -200,7 +202,8 @@ impl Replies {
                 .map(|part| ReplyTo {
                     q: Some(self.clone()),
                     seq,
-                    part,
+                    part: part as u32,
+                    command: CommandTag::OTHER,
                 })
                 .collect(),
         )
@@ -413,14 +416,25 @@ impl Replies {
 pub struct ReplyTo {
     q: Option<Arc<Replies>>,
     seq: u64,
-    part: usize,
+    part: u32,
+    /// The command of the request, for the per-command latency histogram.
+    command: CommandTag,
 }
 
 impl ReplyTo {
+    /// The command whose reply this is (set by the [`crate::upstream::Outbox`] it is queued in).
+    pub fn command(&self) -> CommandTag {
+        self.command
+    }
+
+    pub(crate) fn set_command(&mut self, command: CommandTag) {
+        self.command = command;
+    }
+
     /// Deliver the reply.
     pub fn send(mut self, reply: Reply) {
         if let Some(q) = self.q.take() {
-            q.fill(self.seq, self.part, reply);
+            q.fill(self.seq, self.part as usize, reply);
         }
     }
 }
@@ -430,7 +444,7 @@ impl Drop for ReplyTo {
         if let Some(q) = self.q.take() {
             q.fill(
                 self.seq,
-                self.part,
+                self.part as usize,
                 Err(UpstreamError::Lost {
                     server: "the server".into(),
                 }),

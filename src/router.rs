@@ -5,7 +5,7 @@
 //! the replies back in the client's key order. Requests the proxy answers itself get a ready slot.
 
 use crate::config::Protocol;
-use crate::metrics::Class;
+use crate::metrics::{Class, CommandTag};
 use crate::protocol::memcache::binary::{self as bin, op, status, ReplyFrame, ReplyShape};
 use crate::protocol::memcache::{self, Command};
 use crate::protocol::redis::{self, Fan, Merge, Route};
@@ -181,6 +181,7 @@ pub fn memcache(
         )));
     }
     let framing = Framing::Memcache(req.reply_kind());
+    out.set_command(CommandTag::memcache(req.command));
     if matches!(req.command, Command::Verbosity | Command::Quit) {
         topo.stats.request(Class::Proxy);
     }
@@ -631,6 +632,7 @@ pub fn memcache_binary(
 ) -> Option<Slot> {
     use bin::Kind;
     let (opcode, opaque) = (req.header.opcode, req.header.opaque);
+    out.set_command(CommandTag::memcache_opcode(opcode));
     let answer = |status: u16, value: &[u8]| Some(Slot::Ready(bin::response(opcode, status, opaque, value)));
     let refuse = |status: u16, message: &str| Some(Slot::Ready(bin::error_response(opcode, status, opaque, message)));
     let sasl = matches!(req.kind, Kind::SaslListMechs | Kind::SaslAuth | Kind::SaslStep);
@@ -786,6 +788,7 @@ pub fn redis(
     req: &redis::Request,
     session: &mut RedisSession,
 ) -> Slot {
+    out.set_command(CommandTag::OTHER);
     let frame = if session.pinning.intercepts() {
         match pinned::intercept(topo, q, frame, req, session) {
             Ok(slot) => return slot,
@@ -805,7 +808,10 @@ pub fn redis(
     let argc = args.len();
     let arg = |i: usize| &frame[args[i].clone()];
     let cmd = match redis::lookup(name, (argc > 1).then(|| arg(1))) {
-        Ok(cmd) => cmd,
+        Ok(cmd) => {
+            out.set_command(CommandTag::redis(cmd));
+            cmd
+        }
         Err(unknown) => {
             topo.stats.request(Class::Unsupported);
             return Slot::Ready(unknown_command(unknown, &frame, req));

@@ -42,6 +42,9 @@ impl Topology {
     /// in the pool with the same address and connection settings (TLS material included).
     /// Ejected servers are left out of the ring, exactly as nutcracker leaves them out.
     pub fn rebuild(pool: &PoolConfig, tls: PoolTls, old: Option<&Topology>, events: Option<&HealthEvents>) -> Topology {
+        let stats = old
+            .map(|o| o.stats.clone())
+            .unwrap_or_else(|| PoolStats::new(&pool.name, pool.protocol));
         let servers: Vec<Arc<Server>> = pool
             .servers
             .iter()
@@ -52,7 +55,7 @@ impl Topology {
                         .find(|k| k.addr == s.addr && k.same_connections(pool, s, &tls))
                 })
                 .cloned()
-                .unwrap_or_else(|| Server::start(pool, s, &tls, events.cloned()))
+                .unwrap_or_else(|| Server::start(pool, s, &tls, events.cloned(), &stats.commands))
             })
             .collect();
         let ring_servers: Vec<RingServer<'_>> = pool
@@ -70,9 +73,7 @@ impl Topology {
             pool: pool.clone(),
             ring,
             servers,
-            stats: old
-                .map(|o| o.stats.clone())
-                .unwrap_or_else(|| PoolStats::new(&pool.name)),
+            stats,
             tls,
             next: AtomicUsize::new(0),
         }

@@ -320,6 +320,136 @@ fn redis_an_extra_reply_without_a_request_closes_the_connection() {
     );
 }
 
+#[test]
+fn redis_a_reply_arriving_while_nothing_waits_closes_only_that_connection() {
+    // Answers each GET, then, a moment later and while no request waits, says something more.
+    let (port, accepted) = fake(|s| {
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        while request(&mut r).is_some() {
+            if w.write_all(b"$2\r\nok\r\n").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            if w.write_all(b"+SURPRISE\r\n").is_err() {
+                return;
+            }
+        }
+    });
+    let s = setup(true, port, "");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let calm = bystander(&s, true, stop.clone());
+    let k = &keys_on(&s.yaml, port, 1, "idle:")[0];
+    let server = format!("server=\"127.0.0.1:{port}\"");
+    let mut c = Client::connect(s.legate.proc.port);
+    for round in 1..=3 {
+        c.expect(&cmd(&format!("GET {k}")), b"$2\r\nok\r\n");
+        // The unasked reply reaches nobody: the connection is closed and counted...
+        eventually("the surplus reply closes the connection", || {
+            let m = metrics_text(&s);
+            metric(&m, "legate_server_errors_total", &["kind=\"protocol\"", &server]).unwrap_or(0.0) >= round as f64
+        });
+        still_in_step(&mut c, &s, true);
+    }
+    // ... and the next request reconnects.
+    assert!(
+        accepted.load(Ordering::Relaxed) >= 3,
+        "one connection per surplus reply"
+    );
+    stop.store(true, Ordering::Relaxed);
+    calm.join().expect("the bystander saw only its own replies");
+}
+
+/// Arrays nested this deep (Redis's own "Script return recursive object" test reaches about
+/// 8000 levels).
+const DEEP: usize = 100_000;
+
+#[test]
+fn redis_a_reply_nested_100000_deep_reaches_its_client_whole() {
+    // Valid RESP, 400 KB: scanned with an explicit stack, passed on as it came, and no other
+    // request on the connection or elsewhere notices.
+    let mut deep = b"*1\r\n".repeat(DEEP);
+    deep.extend_from_slice(b":1\r\n");
+    let deep = Arc::new(deep);
+    let reply = deep.clone();
+    let (port, accepted) = answering(move |req| {
+        Some(if req.starts_with("GET deep") {
+            reply.to_vec()
+        } else {
+            b"$4\r\nflat\r\n".to_vec()
+        })
+    });
+    let s = setup(true, port, "");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let calm = bystander(&s, true, stop.clone());
+    let (deep_key, flat_key) = (
+        &keys_on(&s.yaml, port, 1, "deep:")[0],
+        &keys_on(&s.yaml, port, 1, "flat:")[0],
+    );
+    let mut a = Client::connect(s.legate.proc.port);
+    let mut b = Client::connect(s.legate.proc.port);
+    for _ in 0..5 {
+        // On the same server connection (per worker): a flat reply on either side of the deep one.
+        b.send(&cmd(&format!("GET {flat_key}")));
+        a.send(&cmd(&format!("GET {deep_key}")));
+        b.send(&cmd(&format!("GET {flat_key}")));
+        let got = a.exact(deep.len());
+        assert!(got == *deep, "the deep reply arrives whole and unchanged");
+        assert_eq!(b.exact(20), b"$4\r\nflat\r\n$4\r\nflat\r\n");
+    }
+    still_in_step(&mut a, &s, true);
+    stop.store(true, Ordering::Relaxed);
+    calm.join().expect("the bystander saw only its own replies");
+    // One connection per worker at most: none was ever closed and reopened.
+    assert!(accepted.load(Ordering::Relaxed) <= 2, "the connection was never closed");
+}
+
+#[test]
+fn redis_an_endless_nesting_fails_only_its_connection_and_is_not_kept() {
+    // `*1` forever: a reply that never ends. It is refused at max_reply_bytes (4 MB here); only
+    // the requests on that connection fail, and what was buffered for it is released.
+    let (port, _) = fake(|s| {
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        if request(&mut r).is_none() {
+            return;
+        }
+        let chunk = b"*1\r\n".repeat(16 * 1024);
+        while w.write_all(&chunk).is_ok() {}
+    });
+    let s = setup(true, port, "  max_reply_bytes: 4194304\n");
+    let pid = s.legate.proc.child.id();
+    still_in_step(&mut Client::connect(s.legate.proc.port), &s, true);
+    let before = settled_rss(pid);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let calm = bystander(&s, true, stop.clone());
+    let k = &keys_on(&s.yaml, port, 1, "endless:")[0];
+    let mut c = Client::connect(s.legate.proc.port);
+    for _ in 0..5 {
+        let line = expect_error_naming(&mut c, &cmd(&format!("GET {k}")), true, port, "endless nesting");
+        assert!(line.contains("limit"), "{line:?}");
+    }
+    still_in_step(&mut c, &s, true);
+    stop.store(true, Ordering::Relaxed);
+    calm.join().expect("the bystander saw only its own replies");
+    // Freed pages go back to the system within jemalloc's decay time (about a second, see
+    // .cargo/config.toml): wait for that, never longer than 3 s.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut after = rss_kib(pid);
+    while after >= before + 2 * 1024 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        after = rss_kib(pid);
+    }
+    eprintln!("endless nesting: legate RSS {before} KiB before, {after} KiB after 5 refused replies");
+    assert!(after < before + 8 * 1024, "RSS grew from {before} KiB to {after} KiB");
+    let server = format!("server=\"127.0.0.1:{port}\"");
+    let m = metrics_text(&s);
+    assert!(
+        metric(&m, "legate_server_errors_total", &["kind=\"too_large\"", &server]).unwrap_or(0.0) >= 5.0,
+        "refusals are counted:\n{m}"
+    );
+}
+
 fn truncated(redis: bool) {
     // Sends half a reply, then closes.
     let (port, _) = fake(move |s| {
@@ -685,6 +815,68 @@ fn twemproxy_signals_are_never_fatal() {
         child.proc.child.try_wait().unwrap().is_none(),
         "legate is still running"
     );
+}
+
+#[test]
+fn accept_failures_at_the_open_file_limit_are_logged_once_per_window() {
+    // legate with 64 descriptors and 200 clients connecting: accept fails with EMFILE every
+    // 10 ms on each worker while those clients wait in the backlog. That is logged once (with
+    // the count suppressed after the window), not ~200 times a second.
+    let port = free_port();
+    let config = config_file(&pool_yaml("fds", port, true, &[free_port()], ""));
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "ulimit -n 64 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_legate"))
+        .arg("-c")
+        .arg(&config)
+        .args(["--workers", "2", "--admin", "off"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start legate");
+    let lines = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            sink.lock().unwrap().push(line);
+        }
+    });
+    wait_for_port(port, "legate", &mut child);
+    let mut legate = Proc { child, port };
+    let clients: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect (into the backlog)"))
+        .collect();
+    let failed = |l: &Vec<String>| l.iter().filter(|l| l.contains("accept failed")).count();
+    eventually("accept fails at the descriptor limit", || {
+        failed(&lines.lock().unwrap()) >= 1
+    });
+    // Two seconds of failing accepts: the rate is what is measured.
+    std::thread::sleep(Duration::from_secs(2));
+    let logged = failed(&lines.lock().unwrap());
+    eprintln!("open-file limit: {logged} 'accept failed' lines in 2 s");
+    assert!(
+        logged <= 2,
+        "{logged} accept-failure lines in 2 s:\n{}",
+        lines.lock().unwrap().join("\n")
+    );
+    assert!(
+        lines.lock().unwrap().iter().any(|l| l.contains("Too many open files")),
+        "the line says why"
+    );
+    // Once the clients go, descriptors free up and legate serves again.
+    drop(clients);
+    eventually("legate serves again", || {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let mut buf = [0u8; 7];
+        s.write_all(b"*1\r\n$4\r\nPING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    });
+    assert!(legate.child.try_wait().unwrap().is_none(), "legate is still running");
 }
 
 #[test]

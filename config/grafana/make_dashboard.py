@@ -52,6 +52,17 @@ ROWS = [
          "Requests written to a server and not yet answered.",
          [q(f'sum by (pool, server) (legate_server_in_flight_requests{{{SRV}}})', "{{pool}} {{server}}")]),
     ]),
+    ("Latency by command (Redis: the command table's names; memcache: the command)", [
+        ("p99 latency by command (slowest 10)", "timeseries", "s",
+         "From legate_command_duration_seconds: the 99th percentile per pool and command, for the ten slowest. Labels come from legate's command table (other: the rest), never from what clients send.",
+         [q(f'topk(10, histogram_quantile(0.99, sum by (pool, command, le) (rate(legate_command_duration_seconds_bucket{{{POOL}}}[{RATE}]))))', "{{pool}} {{command}}")]),
+        ("Server requests/s by command (busiest 10)", "timeseries", "reqps",
+         "Requests written to servers and answered, per command (a split request counts once per server it reached).",
+         [q(f'topk(10, sum by (pool, command) (rate(legate_command_duration_seconds_count{{{POOL}}}[{RATE}])))', "{{pool}} {{command}}")]),
+        ("Mean latency by command (slowest 10)", "timeseries", "s",
+         "Sum of request durations over their count, per pool and command.",
+         [q(f'topk(10, sum by (pool, command) (rate(legate_command_duration_seconds_sum{{{POOL}}}[{RATE}])) / sum by (pool, command) (rate(legate_command_duration_seconds_count{{{POOL}}}[{RATE}])))', "{{pool}} {{command}}")]),
+    ]),
     ("Errors and failures", [
         ("Server errors/s by kind", "timeseries", "ops",
          "connect: a connection to the server failed; lost: an open connection closed or broke; tls: a TLS handshake failed.",

@@ -39,17 +39,23 @@ impl Status {
         }
     }
 
-    /// The latency histograms of every server.
+    /// The latency histograms of every server, and of every pool by command.
     fn render_latency(&self, out: &mut String) {
         if !out.is_empty() && !out.ends_with('\n') {
             out.push('\n');
         }
+        let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         out.push_str("# HELP legate_server_request_duration_seconds Time from writing a request to the server to reading its reply.\n");
         out.push_str("# TYPE legate_server_request_duration_seconds histogram\n");
-        for (_, topo) in self.pools.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for (_, topo) in pools.iter() {
             for s in &topo.load().servers {
                 s.stats.render_latency(out);
             }
+        }
+        out.push_str("# HELP legate_command_duration_seconds Time from writing a request to a server to reading its reply, by command: a Redis command table row (get, config|get ...) or memcache command; other for the rest. A split request counts once per server it reached.\n");
+        out.push_str("# TYPE legate_command_duration_seconds histogram\n");
+        for (p, topo) in pools.iter() {
+            topo.load().stats.commands.render(&p.name, out);
         }
     }
 

@@ -176,8 +176,12 @@ pub async fn accept_loop(listener: Listener, pool: PoolHandle) -> Option<Listene
         let (plain, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                // Out of descriptors and similar: back off briefly rather than spin.
-                tracing::warn!(error = %e, "accept failed");
+                // Out of descriptors and similar: back off briefly rather than spin, and log the
+                // same failure once per window (with how many were suppressed), not 100 a second.
+                let pool = pool.topo.load().pool.name.clone();
+                if let Some(suppressed) = crate::log_limit::allow(&format!("accept {pool} {e}")) {
+                    tracing::warn!(%pool, error = %e, suppressed, "accept failed");
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 continue;
             }
@@ -188,7 +192,10 @@ pub async fn accept_loop(listener: Listener, pool: PoolHandle) -> Option<Listene
         // Counted before the check: two workers accepting at once cannot both take the last place.
         if clients.fetch_add(1, Ordering::Relaxed) >= max_clients as usize && max_clients > 0 {
             clients.fetch_sub(1, Ordering::Relaxed);
-            tracing::warn!(max_clients, "client_connections reached; refusing a new client");
+            let key = format!("client_connections {}", topo.pool.name);
+            if let Some(suppressed) = crate::log_limit::allow(&key) {
+                tracing::warn!(pool = %topo.pool.name, max_clients, suppressed, "client_connections reached; refusing a new client");
+            }
             let reply: &'static [u8] = match pool.protocol {
                 Protocol::Memcache => b"SERVER_ERROR too many open connections\r\n",
                 Protocol::Redis => b"-ERR max number of clients reached\r\n",

@@ -8,6 +8,28 @@
 //! client's reply queue ([`crate::replies`]), which puts it back in that client's order.
 //! Sessions queue the jobs of one read together ([`Outbox`]); the queues (`queue.rs`) are a
 //! mutex around a `VecDeque`, taken whole, so a batch costs one lock and at most one wakeup.
+//!
+//! # What the reader can tell about a reply
+//! Nothing in a text memcache reply or a RESP reply names the request it answers, so replies are
+//! paired with requests by order alone, and checked for what order allows:
+//! - memcache text: each request admits a known set of reply lines (a set: STORED, NOT_STORED,
+//!   EXISTS, NOT_FOUND or an error line), so an extra or foreign line is caught at once.
+//!   memcache binary: a reply must echo its request's opcode and opaque.
+//! - Redis: a reply must be well-formed RESP within `max_reply_bytes`, and bytes that arrive when
+//!   no request waits on the connection answer nothing. Either way the stream is out of step: the
+//!   connection is closed, the requests waiting on it (and only those) fail naming the server,
+//!   and the next request reconnects.
+//!
+//! What cannot be told: a *well-formed* Redis reply too many (a faulty server answering one
+//! request twice, a middlebox injecting one) that arrives while other requests wait is taken as
+//! the next request's reply, and every later reply on that connection shifts by one onto the
+//! wrong request, until the connection drains and the surplus reply arrives with nothing waiting;
+//! only then is the connection closed. The same holds for a surplus that arrives while the
+//! connection is idle but is read only after the next request was written. RESP has no request
+//! id, and any reply type is valid for some command: checking each reply's type against its
+//! command's (GET: a bulk string, a null or an error) would catch some shifts, never one between
+//! two requests with the same reply type, and costs a reply-type table and a check per reply.
+//! legate relies, as twemproxy does, on a Redis server answering each request once.
 
 mod pinned;
 pub(crate) mod queue;
@@ -15,7 +37,7 @@ pub(crate) mod queue;
 pub use pinned::{Pin, PinRefused, Sink};
 
 use crate::config::{Addr, PoolConfig, Protocol, ServerConfig};
-use crate::metrics::ServerStats;
+use crate::metrics::{CommandLatency, CommandTag, ServerStats};
 use crate::net::{Plain, Stream};
 use crate::protocol::{memcache, redis};
 use crate::replies::ReplyTo;
@@ -215,16 +237,18 @@ impl Server {
     /// Start `server_connections` connection tasks for `server` (connected lazily on first use,
     /// or at once with `preconnect`). Must be called inside a Tokio runtime. The tasks end when
     /// the returned value is dropped.
-    /// `events` is told when the server is ejected (with `auto_eject_hosts`). An L4 pool's
+    /// `events` is told when the server is ejected (with `auto_eject_hosts`); `commands` is the
+    /// pool's latency by command, which the replies add to. An L4 pool's
     /// server has no shared connections: [`Server::open`] makes one per client.
     pub fn start(
         pool: &PoolConfig,
         server: &ServerConfig,
         tls: &PoolTls,
         events: Option<mpsc::UnboundedSender<()>>,
+        commands: &Arc<CommandLatency>,
     ) -> Arc<Server> {
         let target = target(pool, server, tls);
-        let stats = ServerStats::new(&pool.name, &target.label);
+        let stats = ServerStats::new(&pool.name, &target.label, commands.clone());
         let health = Arc::new(Health {
             failures: AtomicU32::new(0),
             ejected: AtomicBool::new(false),
@@ -399,6 +423,8 @@ pub struct Outbox {
     /// Picks this session's connection among a server's `server_connections`.
     session: usize,
     per_server: SmallVec<[(usize, Lane, Vec<Job>); 4]>,
+    /// The command of the request being routed: its jobs' replies are timed under it.
+    command: CommandTag,
 }
 
 /// Sessions numbered in turn, so they spread over a server's connections.
@@ -411,6 +437,7 @@ impl Default for Outbox {
             worker: crate::workers::current(),
             session: SESSIONS.fetch_add(1, Ordering::Relaxed),
             per_server: SmallVec::new(),
+            command: CommandTag::OTHER,
         }
     }
 }
@@ -426,8 +453,17 @@ impl Outbox {
         self.push_lane(server, lane, job);
     }
 
+    /// Say which command the jobs pushed from now on carry (the router does, once per request),
+    /// for the per-command latency histogram; [`CommandTag::OTHER`] until it is said.
+    pub fn set_command(&mut self, command: CommandTag) {
+        self.command = command;
+    }
+
     /// Queue `job` for `server` on `lane`.
-    pub fn push_lane(&mut self, server: usize, lane: Lane, job: Job) {
+    pub fn push_lane(&mut self, server: usize, lane: Lane, mut job: Job) {
+        if let Some(done) = job.done.as_mut() {
+            done.set_command(self.command);
+        }
         debug_assert!(
             !matches!(job.framing, Framing::MemcacheBinary(_)) || lane == Lane::Binary,
             "a binary request on a text connection"
@@ -887,7 +923,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     st.responses.fetch_add(1, Ordering::Relaxed);
                     st.response_bytes.fetch_add(n as u64, Ordering::Relaxed);
                     st.in_flight.fetch_sub(1, Ordering::Relaxed);
-                    st.record_latency(p.sent.elapsed());
+                    st.record_latency(p.sent.elapsed(), p.done.as_ref().map(ReplyTo::command));
                     if let Some(done) = p.done {
                         done.send(Ok(reply));
                     }

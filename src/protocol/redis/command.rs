@@ -609,6 +609,14 @@ fn find(name: &[u8]) -> Option<&'static Command> {
         .map(|i| &COMMANDS[i])
 }
 
+/// Where `cmd` is in [`COMMANDS`], when it is one of its rows (as [`lookup`] returns them): a
+/// per-command metric indexes its array with this instead of looking the name up again.
+pub fn row_index(cmd: &Command) -> Option<usize> {
+    let at = cmd as *const Command as usize;
+    let i = at.wrapping_sub(COMMANDS.as_ptr() as usize) / std::mem::size_of::<Command>();
+    COMMANDS.get(i).filter(|row| std::ptr::eq(*row, cmd)).map(|_| i)
+}
+
 /// The row of a request, given its first two arguments (`sub` when there is one): a container's
 /// subcommand row, or the container's own row when the subcommand is missing (its arity then fails,
 /// except for `COMMAND` alone).
@@ -817,6 +825,17 @@ mod tests {
         assert_eq!(lookup(b"MGET", None).unwrap().route, Route::Split(Merge::Array));
         assert_eq!(lookup(b"dbsize", None).unwrap().route, Route::FanOut(Fan::Sum));
         assert_eq!(lookup(b"multi", None).unwrap().route, Route::Pinned);
+    }
+
+    #[test]
+    fn every_row_knows_its_index_and_a_copy_has_none() {
+        for (i, row) in COMMANDS.iter().enumerate() {
+            assert_eq!(row_index(row), Some(i), "{}", row.name);
+        }
+        let get = lookup(b"GET", None).unwrap();
+        assert_eq!(COMMANDS[row_index(get).unwrap()].name, "get");
+        let copy = *get;
+        assert_eq!(row_index(&copy), None, "a row that is not in the table");
     }
 
     #[test]

@@ -9,7 +9,8 @@ mod command;
 
 pub use command::{has_block_option, pattern_key_part, sort_patterns};
 pub use command::{
-    key_positions, lookup, BadKeys, Begin, Command, Fan, Find, KeySpec, Keys, Merge, Route, Unknown, COMMANDS,
+    key_positions, lookup, row_index, BadKeys, Begin, Command, Fan, Find, KeySpec, Keys, Merge, Route, Unknown,
+    COMMANDS,
 };
 
 use super::{find_lf, parse_i64, Need, Parse, MAX_LINE_BYTES, MAX_VALUE_BYTES};
@@ -227,11 +228,16 @@ impl ReplyScan {
         }
     }
 
-    /// Forget progress: the next reply starts at the front of the buffer.
+    /// Forget progress: the next reply starts at the front of the buffer. The stack of a deeply
+    /// nested reply is given back rather than kept for the connection's life.
     pub fn reset(&mut self) {
         self.pos = 0;
         self.need = 0;
-        self.open.clear();
+        if self.open.capacity() > 1024 {
+            self.open = Vec::new();
+        } else {
+            self.open.clear();
+        }
     }
 
     /// After an incomplete scan: how many bytes the buffer must hold before the reply can be
