@@ -16,6 +16,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use smallvec::{smallvec, SmallVec};
 use std::sync::Arc;
 
+mod admin;
 mod fanout;
 mod pinned;
 mod session;
@@ -908,6 +909,13 @@ pub fn redis(
         Route::Refused(why) => {
             topo.stats.request(Class::Unsupported);
             redis_error(format!("unsupported command '{}': {why}", display_name(cmd)))
+        }
+        Route::Admin(_) if topo.pool.redis_admin_commands => {
+            admin::route(topo, q, out, lane, frame, req, cmd, session.resp3)
+        }
+        Route::Admin(why) => {
+            topo.stats.request(Class::Unsupported);
+            admin::refused(cmd, why)
         }
     }
 }
