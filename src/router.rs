@@ -56,8 +56,12 @@ pub enum GatherMerge {
     /// Redis MGET / DEL-like / MSET.
     Redis { merge: Merge, part_of_key: Vec<u32> },
     /// A Redis command sent to every shard (in shard order), merged for a client speaking RESP3
-    /// when `resp3`; `clients` is legate's client count when the request was routed (INFO).
-    RedisFan { fan: Fan, resp3: bool, clients: i64 },
+    /// when `resp3`; `clients` is legate's count of its clients when the request was routed (INFO).
+    RedisFan {
+        fan: Fan,
+        resp3: bool,
+        clients: fanout::Clients,
+    },
     /// One shard's SCAN reply, whose cursor is rewritten to name the shard.
     RedisScan { shard: usize, shards: usize },
 }
@@ -878,7 +882,10 @@ pub fn redis(
             }
             let bytes = resp_frame(frame, req);
             let requests = (0..n).map(|s| (s, bytes.clone())).collect();
-            let clients = topo.stats.client_connections.load(std::sync::atomic::Ordering::Relaxed);
+            let clients = fanout::Clients {
+                connected: topo.stats.client_connections.load(std::sync::atomic::Ordering::Relaxed),
+                blocked: topo.stats.blocked_clients.load(std::sync::atomic::Ordering::Relaxed),
+            };
             let merge = GatherMerge::RedisFan {
                 fan,
                 resp3: session.resp3,

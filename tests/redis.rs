@@ -481,6 +481,31 @@ fn admin_commands_reach_every_shard_when_the_pool_allows_them() {
     );
 }
 
+/// INFO's `blocked_clients` counts legate's clients waiting on a blocking command (what Redis's
+/// own test suite waits on before it pushes), not the shards' view of legate's connections.
+#[test]
+fn info_counts_the_clients_blocked_in_legate() {
+    let s = setup();
+    let mut c = s.client();
+    let blocked = |c: &mut Client| -> i64 {
+        let info = c.words("INFO clients").text();
+        let line = info.lines().find(|l| l.starts_with("blocked_clients:")).expect(&info);
+        line["blocked_clients:".len()..].trim().parse().unwrap()
+    };
+    assert_eq!(blocked(&mut c), 0);
+    let mut waiting: Vec<Client> = (0..2).map(|_| s.client()).collect();
+    for (i, w) in waiting.iter_mut().enumerate() {
+        w.send(&cmd(&format!("BLPOP list{i} 0")));
+    }
+    common::eventually("two clients blocked", || blocked(&mut c) == 2);
+    c.expect(&cmd("RPUSH list0 a"), b":1\r\n");
+    assert_eq!(waiting[0].value().items()[1].text(), "a");
+    common::eventually("one client blocked", || blocked(&mut c) == 1);
+    c.expect(&cmd("RPUSH list1 b"), b":1\r\n");
+    assert_eq!(waiting[1].value().items()[1].text(), "b");
+    common::eventually("no client blocked", || blocked(&mut c) == 0);
+}
+
 /// On a one-server pool DEBUG DIGEST is that server's own.
 #[test]
 fn debug_digest_on_a_one_server_pool_is_the_servers() {

@@ -97,7 +97,7 @@ pub(super) fn route(
             let merge = GatherMerge::RedisFan {
                 fan: Fan::AllOk,
                 resp3,
-                clients: 0,
+                clients: super::fanout::Clients::default(),
             };
             send_gather(topo, q, out, lane, requests, Framing::Redis, merge)
         }
