@@ -73,11 +73,14 @@ def server_conf(tests, port, workdir):
     with open(os.path.join(tests, "tests/assets/default.conf")) as f:
         for line in f:
             key = line.split()[0] if line.split() else ""
-            if key in ("port", "dir", "logfile", "pidfile", "save", "daemonize", "bind", "appendonly"):
+            if key in ("port", "dir", "logfile", "pidfile", "save", "daemonize", "bind", "appendonly", "dbfilename",
+                       "appenddirname"):
                 continue
             lines.append(line.rstrip("\n"))
+    # The shards of one run share `workdir`: each saves (DEBUG RELOAD, BGSAVE) and loads its own files.
     lines += [f"port {port}", "bind 127.0.0.1", f"dir {workdir}", f"logfile {workdir}/redis-{port}.log",
-              'save ""', "appendonly no", "daemonize no"]
+              'save ""', "appendonly no", "daemonize no", f"dbfilename dump-{port}.rdb",
+              f"appenddirname appendonlydir-{port}"]
     path = os.path.join(workdir, f"redis-{port}.conf")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -278,6 +278,10 @@ fn all_of_array(replies: &[Bytes]) -> Option<Bytes> {
 /// shard's, `# Server` and `# Clients` are legate's own).
 const SUMMED: &[&str] = &["memory", "stats", "keyspace", "commandstats", "errorstats"];
 
+/// Counts of `# Memory` that every shard holds alike (SCRIPT LOAD and FUNCTION LOAD go to every
+/// shard): the largest, as one server holding them all would say, not their sum.
+const ON_EVERY_SHARD: &[&str] = &["number_of_cached_scripts", "number_of_functions", "number_of_libraries"];
+
 type Section<'a> = (&'a str, Vec<(&'a str, &'a str)>);
 
 fn sections(text: &str) -> Vec<Section<'_>> {
@@ -399,6 +403,11 @@ fn info(replies: &[Bytes], resp3: bool, clients: Clients) -> Option<Bytes> {
                 ("clients", "connected_clients") => clients.connected.to_string(),
                 ("clients", "blocked_clients") => clients.blocked.to_string(),
                 ("clients", "tracking_clients" | "clients_in_timeout_table") => "0".into(),
+                ("memory", k) if ON_EVERY_SHARD.contains(&k) => values
+                    .iter()
+                    .filter_map(|v| v.parse::<i64>().ok())
+                    .max()
+                    .map_or_else(|| values[0].to_string(), |n| n.to_string()),
                 (s, _) if SUMMED.contains(&s) => sum_values(&values),
                 _ => values[0].to_string(),
             };
@@ -536,8 +545,8 @@ mod tests {
 
     #[test]
     fn info_says_legate_and_sums_the_keyspace() {
-        let a = "# Server\r\nredis_version:7.0.15\r\nprocess_id:1\r\n\r\n# Clients\r\nconnected_clients:9\r\nblocked_clients:0\r\n\r\n# Keyspace\r\ndb0:keys=2,expires=1,avg_ttl=5\r\n";
-        let c = "# Server\r\nredis_version:7.0.15\r\nprocess_id:2\r\n\r\n# Clients\r\nconnected_clients:4\r\n\r\n# Keyspace\r\ndb0:keys=3,expires=0,avg_ttl=0\r\n";
+        let a = "# Server\r\nredis_version:7.0.15\r\nprocess_id:1\r\n\r\n# Clients\r\nconnected_clients:9\r\nblocked_clients:0\r\n\r\n# Memory\r\nused_memory:100\r\nnumber_of_cached_scripts:3\r\n\r\n# Keyspace\r\ndb0:keys=2,expires=1,avg_ttl=5\r\n";
+        let c = "# Server\r\nredis_version:7.0.15\r\nprocess_id:2\r\n\r\n# Clients\r\nconnected_clients:4\r\n\r\n# Memory\r\nused_memory:50\r\nnumber_of_cached_scripts:3\r\n\r\n# Keyspace\r\ndb0:keys=3,expires=0,avg_ttl=0\r\n";
         let r = |s: &str| Bytes::from(format!("${}\r\n{s}\r\n", s.len()));
         let out = merge(
             Fan::Info,
@@ -552,6 +561,8 @@ mod tests {
         assert!(text.contains("legate_version:"), "{text}");
         assert!(text.contains("connected_clients:7\r\n"), "{text}");
         assert!(text.contains("blocked_clients:2\r\n"), "{text}");
+        assert!(text.contains("used_memory:150\r\n"), "{text}");
+        assert!(text.contains("number_of_cached_scripts:3\r\n"), "{text}");
         assert!(text.contains("db0:keys=5,expires=1,avg_ttl=5\r\n"), "{text}");
         assert!(
             text.contains(&format!("process_id:{}\r\n", std::process::id())),
