@@ -9,9 +9,10 @@ legate serves database 0 only) and `--durable` (an error fails that test instead
 unit) are passed to both runs, so both sides run the same tests.
 
 For each unit: a fresh redis-server is tested directly; then N fresh redis-servers (`--shards N`)
-behind a fresh legate (redis: true, hash_tag "{}", ketama) are tested through legate. The
-servers use the suite's own tests/assets/default.conf (DEBUG enabled, keyspace events on), with
-no persistence. Units run one after the other; each run is killed after `--unit-timeout`
+behind a fresh legate (redis: true, hash_tag "{}", ketama, and redis_admin_commands: true, since
+the suite sets its servers up with CONFIG SET and DEBUG, which that key sends to every shard) are
+tested through legate. The servers use the suite's own tests/assets/default.conf (DEBUG enabled,
+keyspace events on), with no persistence. Units run one after the other; each run is killed after `--unit-timeout`
 seconds. Prints one row per unit (passed/failed on each side and the ratio of passes), then
 every test that passed directly but not through legate, with the first line of its error.
 Raw outputs are kept in `--out`.
@@ -72,11 +73,14 @@ def server_conf(tests, port, workdir):
     with open(os.path.join(tests, "tests/assets/default.conf")) as f:
         for line in f:
             key = line.split()[0] if line.split() else ""
-            if key in ("port", "dir", "logfile", "pidfile", "save", "daemonize", "bind", "appendonly"):
+            if key in ("port", "dir", "logfile", "pidfile", "save", "daemonize", "bind", "appendonly", "dbfilename",
+                       "appenddirname"):
                 continue
             lines.append(line.rstrip("\n"))
+    # The shards of one run share `workdir`: each saves (DEBUG RELOAD, BGSAVE) and loads its own files.
     lines += [f"port {port}", "bind 127.0.0.1", f"dir {workdir}", f"logfile {workdir}/redis-{port}.log",
-              'save ""', "appendonly no", "daemonize no"]
+              'save ""', "appendonly no", "daemonize no", f"dbfilename dump-{port}.rdb",
+              f"appenddirname appendonlydir-{port}"]
     path = os.path.join(workdir, f"redis-{port}.conf")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -108,7 +112,7 @@ class Procs:
 
 def pool_yaml(port, servers, timeout_ms):
     y = (f"suite:\n  listen: 127.0.0.1:{port}\n  hash: md5\n  hash_tag: \"{{}}\"\n  distribution: ketama\n"
-         f"  redis: true\n  timeout: {timeout_ms}\n  servers:\n")
+         f"  redis: true\n  redis_admin_commands: true\n  timeout: {timeout_ms}\n  servers:\n")
     return y + "".join(f"    - 127.0.0.1:{s}:1\n" for s in servers)
 
 

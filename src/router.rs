@@ -16,6 +16,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use smallvec::{smallvec, SmallVec};
 use std::sync::Arc;
 
+mod admin;
 mod fanout;
 mod pinned;
 mod session;
@@ -55,8 +56,12 @@ pub enum GatherMerge {
     /// Redis MGET / DEL-like / MSET.
     Redis { merge: Merge, part_of_key: Vec<u32> },
     /// A Redis command sent to every shard (in shard order), merged for a client speaking RESP3
-    /// when `resp3`; `clients` is legate's client count when the request was routed (INFO).
-    RedisFan { fan: Fan, resp3: bool, clients: i64 },
+    /// when `resp3`; `clients` is legate's count of its clients when the request was routed (INFO).
+    RedisFan {
+        fan: Fan,
+        resp3: bool,
+        clients: fanout::Clients,
+    },
     /// One shard's SCAN reply, whose cursor is rewritten to name the shard.
     RedisScan { shard: usize, shards: usize },
 }
@@ -883,7 +888,10 @@ pub fn redis(
             }
             let bytes = resp_frame(frame, req);
             let requests = (0..n).map(|s| (s, bytes.clone())).collect();
-            let clients = topo.stats.client_connections.load(std::sync::atomic::Ordering::Relaxed);
+            let clients = fanout::Clients {
+                connected: topo.stats.client_connections.load(std::sync::atomic::Ordering::Relaxed),
+                blocked: topo.stats.blocked_clients.load(std::sync::atomic::Ordering::Relaxed),
+            };
             let merge = GatherMerge::RedisFan {
                 fan,
                 resp3: session.resp3,
@@ -914,6 +922,13 @@ pub fn redis(
         Route::Refused(why) => {
             topo.stats.request(Class::Unsupported);
             redis_error(format!("unsupported command '{}': {why}", display_name(cmd)))
+        }
+        Route::Admin(_) if topo.pool.redis_admin_commands => {
+            admin::route(topo, q, out, lane, frame, req, cmd, session.resp3)
+        }
+        Route::Admin(why) => {
+            topo.stats.request(Class::Unsupported);
+            admin::refused(cmd, why)
         }
     }
 }

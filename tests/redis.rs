@@ -369,6 +369,157 @@ fn unsupported_commands_answer_an_error_and_keep_the_connection() {
     c.expect(&cmd("GET after"), b"$2\r\nok\r\n");
 }
 
+/// `redis_admin_commands: true`: CONFIG SET and the set-up DEBUG subcommands reach every shard,
+/// DEBUG OBJECT / DIGEST-VALUE the shard of their keys; the rest of DEBUG stays refused. Without
+/// the key (the default, [`unsupported_commands_answer_an_error_and_keep_the_connection`]) they
+/// are refused with a hint at the key.
+#[test]
+fn admin_commands_reach_every_shard_when_the_pool_allows_them() {
+    let backends: Vec<Proc> = (0..3)
+        .map(|_| common::redis_server_with(free_port(), &["--enable-debug-command", "local"]))
+        .collect();
+    let ports: Vec<u16> = backends.iter().map(|b| b.port).collect();
+    let port = free_port();
+    let yaml = pool_yaml(
+        "adm",
+        port,
+        true,
+        &ports,
+        "  hash_tag: \"{}\"\n  redis_admin_commands: true\n",
+    );
+    let _legate = legate(&yaml, port);
+    let mut c = Client::connect(port);
+    let direct = |b: &Proc, line: &str| Client::connect(b.port).words(line);
+
+    // CONFIG SET: every shard, +OK when all are; a bad parameter gets the server's own error.
+    assert_eq!(
+        c.words("CONFIG SET maxmemory-policy allkeys-lru"),
+        Value::Simple("OK".into())
+    );
+    for b in &backends {
+        let v = direct(b, "CONFIG GET maxmemory-policy");
+        assert_eq!(v.items()[1].text(), "allkeys-lru", "shard {}", b.port);
+    }
+    let e = c.words("CONFIG SET no-such-parameter 1");
+    assert!(
+        matches!(&e, Value::Error(t) if t.contains("no-such-parameter")),
+        "{e:?}"
+    );
+    assert_eq!(
+        c.words("CONFIG SET maxmemory-policy noeviction"),
+        Value::Simple("OK".into())
+    );
+    for b in &backends {
+        assert_eq!(direct(b, "CONFIG GET maxmemory-policy").items()[1].text(), "noeviction");
+    }
+
+    // DEBUG OBJECT goes to the key's shard: every key is found, wherever it lives.
+    let keys: Vec<String> = (0..12).map(|i| format!("key{i}")).collect();
+    for k in &keys {
+        c.words(&format!("SET {k} v"));
+    }
+    let shard_of: Vec<usize> = keys
+        .iter()
+        .map(|k| {
+            backends
+                .iter()
+                .position(|b| direct(b, &format!("EXISTS {k}")).int() == 1)
+                .unwrap()
+        })
+        .collect();
+    let elsewhere = (1..keys.len()).find(|&i| shard_of[i] != shard_of[0]);
+    let elsewhere = elsewhere.expect("12 keys on 3 shards are not all on one");
+    for k in &keys {
+        let v = c.words(&format!("DEBUG OBJECT {k}"));
+        assert!(
+            matches!(&v, Value::Simple(t) if t.starts_with("Value at:")),
+            "{k}: {v:?}"
+        );
+    }
+    assert!(matches!(c.words("DEBUG OBJECT nosuchkey"), Value::Error(t) if t.contains("no such key")));
+    // DIGEST-VALUE: keys of one shard are forwarded; keys across shards get CROSSSLOT.
+    c.words("SET {t}a 1");
+    c.words("SET {t}b 1");
+    let d = c.words("DEBUG DIGEST-VALUE {t}a {t}b");
+    assert_eq!(d.items().len(), 2);
+    assert_eq!(d.items()[0], d.items()[1], "same value, same digest");
+    let e = c.words(&format!("DEBUG DIGEST-VALUE {} {}", keys[0], keys[elsewhere]));
+    assert!(matches!(&e, Value::Error(t) if t.starts_with("CROSSSLOT")), "{e:?}");
+
+    // Set-up subcommands: every shard; answers that are the same anywhere: one shard.
+    assert_eq!(c.words("DEBUG SET-ACTIVE-EXPIRE 1"), Value::Simple("OK".into()));
+    assert_eq!(c.words("DEBUG SLEEP 0"), Value::Simple("OK".into()));
+    assert_eq!(c.words("DEBUG PROTOCOL true"), Value::Int(1));
+    assert_eq!(
+        c.words("DEBUG PROTOCOL attrib").text(),
+        "Some real reply following the attribute"
+    );
+    // One server's whole-dataset digest means nothing for three; crashing subcommands are never sent.
+    for line in ["DEBUG DIGEST", "DEBUG SEGFAULT", "DEBUG RESTART"] {
+        let e = c.words(line);
+        assert!(
+            matches!(&e, Value::Error(t) if t.starts_with("ERR unsupported command 'DEBUG")),
+            "{line}: {e:?}"
+        );
+    }
+    for b in &backends {
+        assert_eq!(
+            direct(b, "PING"),
+            Value::Simple("PONG".into()),
+            "shard {} alive",
+            b.port
+        );
+    }
+    assert_eq!(c.words("GET key3").text(), "v");
+
+    // The default pool refuses them and says which key would serve them.
+    let s = setup();
+    let e = s.client().words("CONFIG SET maxmemory-policy allkeys-lru");
+    assert!(
+        matches!(&e, Value::Error(t) if t.contains("redis_admin_commands: true")),
+        "{e:?}"
+    );
+}
+
+/// INFO's `blocked_clients` counts legate's clients waiting on a blocking command (what Redis's
+/// own test suite waits on before it pushes), not the shards' view of legate's connections.
+#[test]
+fn info_counts_the_clients_blocked_in_legate() {
+    let s = setup();
+    let mut c = s.client();
+    let blocked = |c: &mut Client| -> i64 {
+        let info = c.words("INFO clients").text();
+        let line = info.lines().find(|l| l.starts_with("blocked_clients:")).expect(&info);
+        line["blocked_clients:".len()..].trim().parse().unwrap()
+    };
+    assert_eq!(blocked(&mut c), 0);
+    let mut waiting: Vec<Client> = (0..2).map(|_| s.client()).collect();
+    for (i, w) in waiting.iter_mut().enumerate() {
+        w.send(&cmd(&format!("BLPOP list{i} 0")));
+    }
+    common::eventually("two clients blocked", || blocked(&mut c) == 2);
+    c.expect(&cmd("RPUSH list0 a"), b":1\r\n");
+    assert_eq!(waiting[0].value().items()[1].text(), "a");
+    common::eventually("one client blocked", || blocked(&mut c) == 1);
+    c.expect(&cmd("RPUSH list1 b"), b":1\r\n");
+    assert_eq!(waiting[1].value().items()[1].text(), "b");
+    common::eventually("no client blocked", || blocked(&mut c) == 0);
+}
+
+/// On a one-server pool DEBUG DIGEST is that server's own.
+#[test]
+fn debug_digest_on_a_one_server_pool_is_the_servers() {
+    let backend = common::redis_server_with(free_port(), &["--enable-debug-command", "local"]);
+    let port = free_port();
+    let yaml = pool_yaml("one", port, true, &[backend.port], "  redis_admin_commands: true\n");
+    let _legate = legate(&yaml, port);
+    let mut c = Client::connect(port);
+    c.words("RPUSH l a b c");
+    let ours = c.words("DEBUG DIGEST");
+    assert_eq!(ours, Client::connect(backend.port).words("DEBUG DIGEST"));
+    assert_ne!(ours.text(), "0".repeat(40));
+}
+
 /// Every command whose keys share a shard is forwarded there whole; keys on different shards get
 /// a CROSSSLOT error naming them, and nothing runs.
 #[test]

@@ -169,6 +169,7 @@ impl Status {
                     "redis_auth": p.redis_auth.as_ref().map(|_| "<redacted>"),
                     "memcache_auth": p.memcache_auth.as_ref().map(|_| "<redacted>"),
                     "redis_db": p.redis_db,
+                    "redis_admin_commands": p.redis_admin_commands,
                     "auto_eject_hosts": p.auto_eject_hosts,
                     "server_connections": p.server_connections,
                     "server_retry_timeout_ms": p.server_retry_timeout.as_millis() as u64,

@@ -114,6 +114,10 @@ pub struct PoolConfig {
     /// PLAIN before anything else is served (legate); text clients are refused.
     pub memcache_auth: Option<String>,
     pub redis_db: u32,
+    /// `redis_admin_commands: true` (legate): CONFIG SET / REWRITE and the DEBUG subcommands that
+    /// administer a server are sent to every shard (DEBUG OBJECT and the like to the key's shard)
+    /// instead of refused; for operators who own every server of the pool.
+    pub redis_admin_commands: bool,
     pub preconnect: bool,
     pub auto_eject_hosts: bool,
     pub server_connections: u32,
@@ -189,6 +193,7 @@ const KEYS: &[&str] = &[
     "redis_auth",
     "memcache_auth",
     "redis_db",
+    "redis_admin_commands",
     "preconnect",
     "auto_eject_hosts",
     "server_connections",
@@ -489,6 +494,10 @@ fn parse_pool(name: &str, v: Value) -> Result<PoolConfig, ConfigError> {
     if redis_auth.is_some() && protocol != Protocol::Redis {
         return Err(err(name, "redis_auth", "is only valid in a redis pool"));
     }
+    let redis_admin_commands = boolean("redis_admin_commands")?;
+    if redis_admin_commands && protocol != Protocol::Redis {
+        return Err(err(name, "redis_admin_commands", "is only valid in a redis pool"));
+    }
     let memcache_auth = s("memcache_auth")?;
     if memcache_auth.is_some() && protocol != Protocol::Memcache {
         return Err(err(name, "memcache_auth", "is only valid in a memcache pool"));
@@ -510,6 +519,7 @@ fn parse_pool(name: &str, v: Value) -> Result<PoolConfig, ConfigError> {
         redis_auth,
         memcache_auth,
         redis_db: num("redis_db", 0, 0)? as u32,
+        redis_admin_commands,
         preconnect: boolean("preconnect")?,
         auto_eject_hosts: boolean("auto_eject_hosts")?,
         server_connections: server_connections as u32,
@@ -730,6 +740,14 @@ delta:
         assert_eq!(e.key.as_deref(), Some("hash_tag"));
         let e = refused("p:\n  listen: 127.0.0.1:1\n  redis_auth: x\n  servers: ['a:1:1']\n");
         assert_eq!(e.key.as_deref(), Some("redis_auth"));
+        let e = refused("p:\n  listen: 127.0.0.1:1\n  redis_admin_commands: true\n  servers: ['a:1:1']\n");
+        assert_eq!(e.key.as_deref(), Some("redis_admin_commands"));
+        let e = refused(
+            "p:\n  listen: 127.0.0.1:1\n  redis: true\n  redis_admin_commands: yes please\n  servers: ['a:1:1']\n",
+        );
+        assert_eq!(e.key.as_deref(), Some("redis_admin_commands"));
+        let ok = "p:\n  listen: 127.0.0.1:1\n  redis: true\n  redis_admin_commands: true\n  servers: ['a:1:1']\n";
+        assert!(Config::parse(ok).unwrap().pools[0].redis_admin_commands);
         let e = refused("p:\n  listen: 127.0.0.1:1\n  server_connections: 0\n  servers: ['a:1:1']\n");
         assert_eq!(e.key.as_deref(), Some("server_connections"));
         let e = refused("p:\n  listen: 127.0.0.1:1\n");

@@ -111,8 +111,8 @@ fn null(resp3: bool) -> Bytes {
 }
 
 /// Merge the replies of a command sent to every shard (in shard order) into one, for a client
-/// speaking RESP3 when `resp3`. `clients` is legate's count of connected clients (for INFO).
-pub fn merge(fan: Fan, replies: &[Bytes], resp3: bool, clients: i64) -> Bytes {
+/// speaking RESP3 when `resp3`. `clients` is legate's own count of its clients (for INFO).
+pub fn merge(fan: Fan, replies: &[Bytes], resp3: bool, clients: Clients) -> Bytes {
     if fan == Fan::AnyOk {
         return replies
             .iter()
@@ -278,6 +278,10 @@ fn all_of_array(replies: &[Bytes]) -> Option<Bytes> {
 /// shard's, `# Server` and `# Clients` are legate's own).
 const SUMMED: &[&str] = &["memory", "stats", "keyspace", "commandstats", "errorstats"];
 
+/// Counts of `# Memory` that every shard holds alike (SCRIPT LOAD and FUNCTION LOAD go to every
+/// shard): the largest, as one server holding them all would say, not their sum.
+const ON_EVERY_SHARD: &[&str] = &["number_of_cached_scripts", "number_of_functions", "number_of_libraries"];
+
 type Section<'a> = (&'a str, Vec<(&'a str, &'a str)>);
 
 fn sections(text: &str) -> Vec<Section<'_>> {
@@ -331,7 +335,17 @@ fn sum_values(values: &[&str]) -> String {
     out.join(",")
 }
 
-fn info(replies: &[Bytes], resp3: bool, clients: i64) -> Option<Bytes> {
+/// legate's clients, as INFO's `# Clients` reports them: the shards' own counts are of legate's
+/// server connections, not of the application's clients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Clients {
+    pub connected: i64,
+    /// Waiting on a blocking command (BLPOP, BZMPOP, XREAD BLOCK …): the suite's
+    /// `wait_for_blocked_client` and monitoring read `blocked_clients`.
+    pub blocked: i64,
+}
+
+fn info(replies: &[Bytes], resp3: bool, clients: Clients) -> Option<Bytes> {
     let mut texts = Vec::with_capacity(replies.len());
     for r in replies {
         let Value::Bulk(s) = value(r)? else { return None };
@@ -386,8 +400,14 @@ fn info(replies: &[Bytes], resp3: bool, clients: i64) -> Option<Bytes> {
                 ("server", "process_id") => std::process::id().to_string(),
                 ("server", "uptime_in_seconds") => uptime.to_string(),
                 ("server", "uptime_in_days") => (uptime / 86400).to_string(),
-                ("clients", "connected_clients") => clients.to_string(),
-                ("clients", "blocked_clients" | "tracking_clients" | "clients_in_timeout_table") => "0".into(),
+                ("clients", "connected_clients") => clients.connected.to_string(),
+                ("clients", "blocked_clients") => clients.blocked.to_string(),
+                ("clients", "tracking_clients" | "clients_in_timeout_table") => "0".into(),
+                ("memory", k) if ON_EVERY_SHARD.contains(&k) => values
+                    .iter()
+                    .filter_map(|v| v.parse::<i64>().ok())
+                    .max()
+                    .map_or_else(|| values[0].to_string(), |n| n.to_string()),
                 (s, _) if SUMMED.contains(&s) => sum_values(&values),
                 _ => values[0].to_string(),
             };
@@ -465,23 +485,34 @@ mod tests {
 
     #[test]
     fn sums_concats_and_errors() {
-        assert_eq!(merge(Fan::Sum, &[b(":2\r\n"), b(":3\r\n")], false, 0), b(":5\r\n"));
+        assert_eq!(
+            merge(Fan::Sum, &[b(":2\r\n"), b(":3\r\n")], false, Clients::default()),
+            b(":5\r\n")
+        );
         assert_eq!(
             merge(
                 Fan::Concat,
                 &[b("*1\r\n$1\r\na\r\n"), b("*0\r\n"), b("~1\r\n$2\r\nbc\r\n")],
                 false,
-                0
+                Clients::default()
             ),
             b("*2\r\n$1\r\na\r\n$2\r\nbc\r\n")
         );
         assert_eq!(
-            merge(Fan::Sum, &[b(":2\r\n"), b("-ERR x\r\n")], false, 0),
+            merge(Fan::Sum, &[b(":2\r\n"), b("-ERR x\r\n")], false, Clients::default()),
             b("-ERR x\r\n")
         );
-        assert_eq!(merge(Fan::AnyKey, &[b("$-1\r\n"), b("_\r\n")], true, 0), b("_\r\n"));
         assert_eq!(
-            merge(Fan::AnyKey, &[b("$-1\r\n"), b("$1\r\nk\r\n")], false, 0),
+            merge(Fan::AnyKey, &[b("$-1\r\n"), b("_\r\n")], true, Clients::default()),
+            b("_\r\n")
+        );
+        assert_eq!(
+            merge(
+                Fan::AnyKey,
+                &[b("$-1\r\n"), b("$1\r\nk\r\n")],
+                false,
+                Clients::default()
+            ),
             b("$1\r\nk\r\n")
         );
         assert_eq!(
@@ -489,36 +520,55 @@ mod tests {
                 Fan::AllOfArray,
                 &[b("*2\r\n:1\r\n:1\r\n"), b("*2\r\n:0\r\n:1\r\n")],
                 false,
-                0
+                Clients::default()
             ),
             b("*2\r\n:0\r\n:1\r\n")
         );
         assert_eq!(
-            merge(Fan::AnyOk, &[b("-NOTBUSY a\r\n"), b("+OK\r\n")], false, 0),
+            merge(
+                Fan::AnyOk,
+                &[b("-NOTBUSY a\r\n"), b("+OK\r\n")],
+                false,
+                Clients::default()
+            ),
             b("+OK\r\n")
         );
-        assert_eq!(merge(Fan::AllOk, &[b("+OK\r\n"), b("+OK\r\n")], false, 0), b("+OK\r\n"));
         assert_eq!(
-            merge(Fan::Sum, &[b(":2\r\n"), b("+OK\r\n")], false, 0),
+            merge(Fan::AllOk, &[b("+OK\r\n"), b("+OK\r\n")], false, Clients::default()),
+            b("+OK\r\n")
+        );
+        assert_eq!(
+            merge(Fan::Sum, &[b(":2\r\n"), b("+OK\r\n")], false, Clients::default()),
             Bytes::from_static(UNEXPECTED)
         );
     }
 
     #[test]
     fn info_says_legate_and_sums_the_keyspace() {
-        let a = "# Server\r\nredis_version:7.0.15\r\nprocess_id:1\r\n\r\n# Clients\r\nconnected_clients:9\r\n\r\n# Keyspace\r\ndb0:keys=2,expires=1,avg_ttl=5\r\n";
-        let c = "# Server\r\nredis_version:7.0.15\r\nprocess_id:2\r\n\r\n# Clients\r\nconnected_clients:4\r\n\r\n# Keyspace\r\ndb0:keys=3,expires=0,avg_ttl=0\r\n";
+        let a = "# Server\r\nredis_version:7.0.15\r\nprocess_id:1\r\n\r\n# Clients\r\nconnected_clients:9\r\nblocked_clients:0\r\n\r\n# Memory\r\nused_memory:100\r\nnumber_of_cached_scripts:3\r\n\r\n# Keyspace\r\ndb0:keys=2,expires=1,avg_ttl=5\r\n";
+        let c = "# Server\r\nredis_version:7.0.15\r\nprocess_id:2\r\n\r\n# Clients\r\nconnected_clients:4\r\n\r\n# Memory\r\nused_memory:50\r\nnumber_of_cached_scripts:3\r\n\r\n# Keyspace\r\ndb0:keys=3,expires=0,avg_ttl=0\r\n";
         let r = |s: &str| Bytes::from(format!("${}\r\n{s}\r\n", s.len()));
-        let out = merge(Fan::Info, &[r(a), r(c)], false, 7);
+        let out = merge(
+            Fan::Info,
+            &[r(a), r(c)],
+            false,
+            Clients {
+                connected: 7,
+                blocked: 2,
+            },
+        );
         let text = String::from_utf8_lossy(&out);
         assert!(text.contains("legate_version:"), "{text}");
         assert!(text.contains("connected_clients:7\r\n"), "{text}");
+        assert!(text.contains("blocked_clients:2\r\n"), "{text}");
+        assert!(text.contains("used_memory:150\r\n"), "{text}");
+        assert!(text.contains("number_of_cached_scripts:3\r\n"), "{text}");
         assert!(text.contains("db0:keys=5,expires=1,avg_ttl=5\r\n"), "{text}");
         assert!(
             text.contains(&format!("process_id:{}\r\n", std::process::id())),
             "{text}"
         );
-        let v = merge(Fan::Info, &[r(a)], true, 1);
+        let v = merge(Fan::Info, &[r(a)], true, Clients::default());
         assert!(v.starts_with(b"="), "{v:?}");
         assert!(matches!(value(&v), Some(Value::Bulk(_))));
     }

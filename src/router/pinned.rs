@@ -385,6 +385,10 @@ fn in_multi(
             "unsupported command '{}': {why}",
             display_name(cmd)
         ))),
+        Route::Admin(why) if !topo.pool.redis_admin_commands => Err(super::admin::refused(cmd, why)),
+        // CONFIG SET, DEBUG …: every shard, or with one server that one.
+        Route::Admin(_) if topo.servers.len() > 1 => Err(every_shard()),
+        Route::Admin(_) => Ok(None),
         Route::Local | Route::Container => match &l[..] {
             b"ping" | b"echo" | b"command" => Ok(None),
             _ => Err(not_here()),

@@ -74,6 +74,11 @@ pub enum Route {
     Pinned,
     /// Refused, with the reason a sharding proxy does not serve it.
     Refused(&'static str),
+    /// Administers the servers themselves (CONFIG SET / REWRITE, DEBUG): refused with this reason
+    /// unless the pool sets `redis_admin_commands: true` (its operator owns every server); then
+    /// CONFIG goes to every shard (`+OK` when every shard said so, else the first error) and
+    /// DEBUG as [`debug_route`] says for its subcommand.
+    Admin(&'static str),
     /// A container (`OBJECT`, `SCRIPT`, …): the row of `name|subcommand` says.
     Container,
 }
@@ -282,11 +287,11 @@ pub static COMMANDS: &[Command] = &[
     row("config|get", -3, NO_KEYS, Route::AnyShard),
     row("config|help", 2, NO_KEYS, Route::AnyShard),
     row("config|resetstat", 2, NO_KEYS, Route::FanOut(Fan::AllOk)),
-    row("config|rewrite", 2, NO_KEYS, Route::Refused(CONFIG)),
-    row("config|set", -4, NO_KEYS, Route::Refused(CONFIG)),
+    row("config|rewrite", 2, NO_KEYS, Route::Admin(CONFIG)),
+    row("config|set", -4, NO_KEYS, Route::Admin(CONFIG)),
     row("copy", -3, Keys::Specs(&[at(1, 0), at(2, 0)]), Route::Keyed),
     row("dbsize", 1, NO_KEYS, Route::FanOut(Fan::Sum)),
-    row("debug", -2, NO_KEYS, Route::Refused(ADMIN)),
+    row("debug", -2, NO_KEYS, Route::Admin(ADMIN)),
     row("decr", 2, Keys::Specs(&[at(1, 0)]), Route::Keyed),
     row("decrby", 3, Keys::Specs(&[at(1, 0)]), Route::Keyed),
     row("del", -2, Keys::Specs(&[at(1, -1)]), Route::Split(Merge::Sum)),
@@ -586,6 +591,61 @@ pub static COMMANDS: &[Command] = &[
     row("zunionstore", -4, Keys::Specs(&[at(1, 0), numkeys(2)]), Route::Keyed),
 ];
 
+/// How a DEBUG subcommand is served in a pool with `redis_admin_commands: true`. DEBUG has no
+/// key specs in Redis (`COMMAND GETKEYS DEBUG OBJECT k` finds none), but the subcommands below that
+/// name keys act on them, so they go to the shard of those keys, found by these specs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DebugRoute {
+    /// OBJECT, SDSLEN, HTSTATS-KEY, LISTPACK, QUICKLIST key; DIGEST-VALUE key…: the keys' shard.
+    Keys(&'static [KeySpec]),
+    /// RELOAD, LOADAOF, SET-ACTIVE-EXPIRE, QUICKLIST-PACKED-THRESHOLD, SLEEP, …: they change or
+    /// reload each server, so every shard; `+OK` when every shard said so.
+    Every,
+    /// PROTOCOL, HELP, STRINGMATCH-TEST …: every server answers the same; the first shard.
+    AnyShard,
+    /// DIGEST: the digest of one server's whole dataset; served on a one-server pool only (the
+    /// digests of several servers do not combine into the one a single server would give).
+    OneServerOnly,
+}
+
+const DEBUG_ONE_KEY: &[KeySpec] = &[at(2, 0)];
+const DEBUG_KEYS: &[KeySpec] = &[at(2, -1)];
+
+/// How legate serves `DEBUG sub` when the pool allows admin commands; `None` for the subcommands
+/// it never sends (those that crash, stop or hang a server, or act on one server's internals:
+/// SEGFAULT, PANIC, RESTART, OOM, MALLCTL, POPULATE, CLUSTERLINK …).
+pub fn debug_route(sub: &[u8]) -> Option<DebugRoute> {
+    const ROUTES: &[(&str, DebugRoute)] = &[
+        ("change-repl-id", DebugRoute::Every),
+        ("digest", DebugRoute::OneServerOnly),
+        ("digest-value", DebugRoute::Keys(DEBUG_KEYS)),
+        ("help", DebugRoute::AnyShard),
+        ("htstats-key", DebugRoute::Keys(DEBUG_ONE_KEY)),
+        ("jmap", DebugRoute::Every),
+        ("listpack", DebugRoute::Keys(DEBUG_ONE_KEY)),
+        ("loadaof", DebugRoute::Every),
+        ("log", DebugRoute::Every),
+        ("object", DebugRoute::Keys(DEBUG_ONE_KEY)),
+        ("pause-cron", DebugRoute::Every),
+        ("protocol", DebugRoute::AnyShard),
+        ("quicklist", DebugRoute::Keys(DEBUG_ONE_KEY)),
+        ("quicklist-packed-threshold", DebugRoute::Every),
+        ("reload", DebugRoute::Every),
+        ("replybuffer", DebugRoute::Every),
+        ("sdslen", DebugRoute::Keys(DEBUG_ONE_KEY)),
+        ("set-active-expire", DebugRoute::Every),
+        ("set-disable-deny-scripts", DebugRoute::Every),
+        ("set-skip-checksum-validation", DebugRoute::Every),
+        ("sleep", DebugRoute::Every),
+        ("stringmatch-test", DebugRoute::AnyShard),
+        ("structsize", DebugRoute::AnyShard),
+    ];
+    ROUTES
+        .iter()
+        .find(|(name, _)| name.as_bytes().eq_ignore_ascii_case(sub))
+        .map(|(_, d)| *d)
+}
+
 /// Why a command has no row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unknown {
@@ -857,6 +917,29 @@ mod tests {
         assert_eq!(keys_of("migrate h p \"\" 0 5 keys a b"), Ok(vec![3, 7, 8]));
         assert_eq!(keys_of("blpop a b 0"), Ok(vec![1, 2]));
         assert_eq!(keys_of("spublish ch m"), Ok(vec![]));
+        assert_eq!(keys_of("debug object k"), Ok(vec![]));
+    }
+
+    #[test]
+    fn debug_subcommands_name_their_keys() {
+        let keys = |words: &str| {
+            let args: Vec<&[u8]> = words.split(' ').map(str::as_bytes).collect();
+            let Some(DebugRoute::Keys(specs)) = debug_route(args[1]) else {
+                return None;
+            };
+            let row = row("debug", -3, Keys::Specs(specs), Route::Keyed);
+            let mut out = Vec::new();
+            key_positions(&row, args.len(), |i| args[i], &mut out).ok()?;
+            Some(out)
+        };
+        assert_eq!(keys("debug OBJECT k"), Some(vec![2]));
+        assert_eq!(keys("debug digest-value a b c"), Some(vec![2, 3, 4]));
+        assert_eq!(keys("debug quicklist k 1"), Some(vec![2]));
+        assert_eq!(keys("debug reload"), None);
+        assert_eq!(debug_route(b"SET-ACTIVE-EXPIRE"), Some(DebugRoute::Every));
+        assert_eq!(debug_route(b"protocol"), Some(DebugRoute::AnyShard));
+        assert_eq!(debug_route(b"segfault"), None);
+        assert_eq!(debug_route(b"digest"), Some(DebugRoute::OneServerOnly));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 mod command;
 
-pub use command::{has_block_option, pattern_key_part, sort_patterns};
+pub use command::{debug_route, has_block_option, pattern_key_part, sort_patterns, DebugRoute};
 pub use command::{
     key_positions, lookup, row_index, BadKeys, Begin, Command, Fan, Find, KeySpec, Keys, Merge, Route, Unknown,
     COMMANDS,
