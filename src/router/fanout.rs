@@ -387,7 +387,10 @@ fn info(replies: &[Bytes], resp3: bool, clients: i64) -> Option<Bytes> {
                 ("server", "uptime_in_seconds") => uptime.to_string(),
                 ("server", "uptime_in_days") => (uptime / 86400).to_string(),
                 ("clients", "connected_clients") => clients.to_string(),
-                ("clients", "blocked_clients" | "tracking_clients" | "clients_in_timeout_table") => "0".into(),
+                // Only legate's own connections block on a server (a client's blocking command
+                // on a connection of its own): the servers' counts are legate's clients'.
+                ("clients", "blocked_clients" | "clients_in_timeout_table") => sum_values(&values),
+                ("clients", "tracking_clients") => "0".into(),
                 (s, _) if SUMMED.contains(&s) => sum_values(&values),
                 _ => values[0].to_string(),
             };
