@@ -138,6 +138,12 @@ impl Replies {
 
     /// Append an entry; its sequence number, or `None` once the writer has gone.
     fn reserve(&self, e: Entry) -> Option<u64> {
+        self.reserve_as(e, true)
+    }
+
+    /// [`Replies::reserve`]; `silenceable`: the entry is the reply to a request, which
+    /// `CLIENT REPLY OFF|SKIP` may silence (a pushed message is not).
+    fn reserve_as(&self, e: Entry, silenceable: bool) -> Option<u64> {
         let mut g = self.lock();
         if g.gone {
             return None;
@@ -150,7 +156,7 @@ impl Replies {
             _ => 0,
         };
         let seq = g.head + g.entries.len() as u64;
-        if std::mem::take(&mut g.silence_next) {
+        if silenceable && std::mem::take(&mut g.silence_next) {
             g.silent.push_back(seq);
         }
         g.entries.push_back(e);
@@ -171,6 +177,13 @@ impl Replies {
             Entry::Ready(bytes)
         })
         .is_some()
+    }
+
+    /// Queue bytes the server pushed to the client (a pub/sub message), which no `CLIENT
+    /// REPLY` setting silences. False once the writer has gone.
+    pub fn push(&self, bytes: Bytes, close: bool) -> bool {
+        let e = if close { Entry::Close(bytes) } else { Entry::Ready(bytes) };
+        self.reserve_as(e, false).is_some()
     }
 
     /// Write the next entry reserved (whatever answers it) as nothing, keeping a close: the

@@ -890,7 +890,6 @@ pub fn redis(
             let requests = (0..n).map(|s| (s, bytes.clone())).collect();
             let clients = fanout::Clients {
                 connected: topo.stats.client_connections.load(std::sync::atomic::Ordering::Relaxed),
-                blocked: topo.stats.blocked_clients.load(std::sync::atomic::Ordering::Relaxed),
             };
             let merge = GatherMerge::RedisFan {
                 fan,

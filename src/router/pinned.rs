@@ -138,8 +138,24 @@ impl Pinning {
         self.blocked.is_some()
     }
 
+    /// Whether the session calls [`Pinning::settled`] once every reply it owes has come: a
+    /// blocking command is out, or the client has unsubscribed from everything (its
+    /// connections close once the servers have confirmed).
+    pub fn wants_settled(&self) -> bool {
+        self.blocked.is_some() || self.pubsub.as_ref().is_some_and(|p| p.mux.lock().total() == 0)
+    }
+
+    /// Every reply owed has come: a blocking command's pin goes back to the worker's idle
+    /// ones; subscribed connections with nothing left to listen to close.
+    pub fn settled(&mut self, topo: &Topology) {
+        self.unblock(topo);
+        if self.pubsub.as_ref().is_some_and(|p| p.mux.lock().total() == 0) {
+            self.pubsub = None;
+        }
+    }
+
     /// The blocking command has been answered: its pin goes back to the worker's idle ones.
-    pub fn unblock(&mut self, topo: &Topology) {
+    fn unblock(&mut self, topo: &Topology) {
         if let Some(b) = self.blocked.take() {
             if let Some(st) = &self.stats {
                 st.blocked_clients.fetch_sub(1, Relaxed);
@@ -574,9 +590,9 @@ pub(super) fn route(
         "subscribe" => subscribe(topo, q, frame, req, session, Kind::Channel),
         "psubscribe" => subscribe(topo, q, frame, req, session, Kind::Pattern),
         "ssubscribe" => subscribe(topo, q, frame, req, session, Kind::Shard),
-        "unsubscribe" => unsubscribe(topo, frame, req, session, Kind::Channel),
-        "punsubscribe" => unsubscribe(topo, frame, req, session, Kind::Pattern),
-        "sunsubscribe" => unsubscribe(topo, frame, req, session, Kind::Shard),
+        "unsubscribe" => unsubscribe(topo, q, frame, req, session, Kind::Channel),
+        "punsubscribe" => unsubscribe(topo, q, frame, req, session, Kind::Pattern),
+        "sunsubscribe" => unsubscribe(topo, q, frame, req, session, Kind::Shard),
         "publish" | "spublish" => {
             let Some(s) = topo.server_for(arg(1)) else {
                 return redis_error(NO_SERVER.into());
@@ -587,12 +603,53 @@ pub(super) fn route(
             let bytes = resp_frame(frame, req);
             super::send_one(topo, q, out, s, session.lane(), smallvec![bytes], Framing::Redis)
         }
+        "script|kill" | "function|kill" => kill(topo, q, frame, req, session),
         "script|debug" => {
             topo.stats.request(Class::Unsupported);
             redis_error("unsupported command 'SCRIPT DEBUG': the Lua debugger needs a server connection of its own for its whole session, which legate does not give".into())
         }
         _ => blocking(topo, q, frame, req, cmd, session),
     }
+}
+
+/// SCRIPT KILL / FUNCTION KILL: on a connection of its own to every shard. The script it
+/// stops keeps its own connection busy, and on a shared one the kill would wait behind it.
+fn kill(
+    topo: &Topology,
+    q: &Arc<Replies>,
+    frame: Bytes,
+    req: &redis::Request,
+    session: &mut super::RedisSession,
+) -> Slot {
+    let n = topo.servers.len();
+    if n == 0 {
+        return redis_error(NO_SERVER.into());
+    }
+    let mut pins = Vec::with_capacity(n);
+    for s in 0..n {
+        match take_pin(topo, s, session.resp3) {
+            Ok(pin) => pins.push(pin),
+            Err(slot) => return slot,
+        }
+    }
+    let bytes = resp_frame(frame, req);
+    topo.stats.request(Class::Multi);
+    let merge = super::GatherMerge::RedisFan {
+        fan: redis::Fan::AnyOk,
+        resp3: session.resp3,
+        clients: super::fanout::Clients::default(),
+    };
+    if let Some(parts) = q.expect_gather(n, merge) {
+        for (pin, done) in pins.iter().zip(parts) {
+            pin.send(job(bytes.clone(), Some(done)));
+        }
+    }
+    // Its reply still comes to this client if another takes the pin meanwhile: a pin answers
+    // in order.
+    for pin in pins {
+        unpin(topo, pin);
+    }
+    Slot::Queued
 }
 
 fn watch(
@@ -796,12 +853,21 @@ impl MuxState {
     }
 }
 
+/// A (un)subscribe command waiting for its servers' confirmations.
 struct Waiting {
     done: Option<ReplyTo>,
     /// legate's confirmations, one per name.
     reply: Bytes,
-    /// (server id, kind, name) confirmations still to come.
-    parts: Vec<(u64, Kind, Bytes)>,
+    /// Confirmations still to come.
+    parts: Vec<Part>,
+}
+
+/// One confirmation a server owes: `server` confirms that it (un)subscribed `name`.
+struct Part {
+    server: u64,
+    kind: Kind,
+    subscribe: bool,
+    name: Bytes,
 }
 
 impl Mux {
@@ -821,7 +887,7 @@ impl Mux {
             self.q.close();
             return;
         }
-        self.q.ready(frame, false);
+        self.q.push(frame, false);
     }
 }
 
@@ -868,17 +934,20 @@ impl Sink for Mux {
             b"pmessage" if listening(&st, Kind::Pattern) => self.forward(&mut st, frame.clone()),
             b"smessage" if listening(&st, Kind::Shard) => self.forward(&mut st, frame.clone()),
             b"message" | b"pmessage" | b"smessage" => {}
-            b"subscribe" | b"psubscribe" | b"ssubscribe" => {
-                let k = match &kind[..] {
-                    b"subscribe" => Kind::Channel,
-                    b"psubscribe" => Kind::Pattern,
-                    _ => Kind::Shard,
+            b"subscribe" | b"psubscribe" | b"ssubscribe" | b"unsubscribe" | b"punsubscribe" | b"sunsubscribe" => {
+                let (k, subscribe) = match &kind[..] {
+                    b"subscribe" => (Kind::Channel, true),
+                    b"psubscribe" => (Kind::Pattern, true),
+                    b"ssubscribe" => (Kind::Shard, true),
+                    b"unsubscribe" => (Kind::Channel, false),
+                    b"punsubscribe" => (Kind::Pattern, false),
+                    _ => (Kind::Shard, false),
                 };
                 let name = el(1).unwrap_or_default();
                 let found = st.waiting.iter().enumerate().find_map(|(i, w)| {
                     w.parts
                         .iter()
-                        .position(|(id, pk, n)| *id == server_id && *pk == k && n[..] == *name)
+                        .position(|p| p.server == server_id && p.kind == k && p.subscribe == subscribe && p.name[..] == *name)
                         .map(|j| (i, j))
                 });
                 if let Some((i, j)) = found {
@@ -892,8 +961,7 @@ impl Sink for Mux {
                     }
                 }
             }
-            // Answered by legate when the client asked; the server's echo is not needed.
-            b"unsubscribe" | b"punsubscribe" | b"sunsubscribe" | b"pong" => {}
+            b"pong" => {}
             // Any other push (RESP3 client tracking…) is the client's.
             _ => self.forward(&mut st, frame.clone()),
         }
@@ -901,7 +969,8 @@ impl Sink for Mux {
 
     fn lost(&self, _server_id: u64, why: String) {
         let mut st = self.lock();
-        if st.closed {
+        if st.closed || (st.total() == 0 && st.waiting.is_empty()) {
+            // Nothing was listening there: the next SUBSCRIBE takes a new connection.
             return;
         }
         st.closed = true;
@@ -915,7 +984,7 @@ impl Sink for Mux {
             .chars()
             .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
             .collect();
-        self.q.ready(
+        self.q.push(
             Bytes::from(format!(
                 "-ERR {clean}: the subscriptions are gone; reconnect and subscribe again\r\n"
             )),
@@ -978,6 +1047,8 @@ fn subscribe(
         }),
         pins: Vec::new(),
     });
+    // A connection lost while nothing was subscribed is replaced.
+    ps.pins.retain(|pin| !pin.is_dead());
     // A connection of the client's own to every shard it listens on.
     let mut per_server: Vec<(usize, Vec<&[u8]>)> = Vec::new();
     for servers in &on {
@@ -1008,7 +1079,12 @@ fn subscribe(
             st.set(kind).insert(name.clone());
             put_confirmation(&mut reply, resp3, kind.subscribe(), Some(name), st.count(kind));
             for &s in servers {
-                parts.push((topo.servers[s].id, kind, name.clone()));
+                parts.push(Part {
+                    server: topo.servers[s].id,
+                    kind,
+                    subscribe: true,
+                    name: name.clone(),
+                });
                 if let Some((_, list)) = per_server.iter_mut().find(|(x, _)| *x == s) {
                     list.push(name);
                 }
@@ -1038,20 +1114,24 @@ fn subscribe(
     Slot::Queued
 }
 
+/// Confirmed as Redis would once every server has confirmed it: a PUBLISH sent after the
+/// confirmation no longer reaches this client. When nothing is left subscribed, the
+/// connections close once the confirmations are in ([`Pinning::settled`]).
 fn unsubscribe(
     topo: &Topology,
+    q: &Arc<Replies>,
     frame: Bytes,
     req: &redis::Request,
     session: &mut super::RedisSession,
     kind: Kind,
 ) -> Slot {
-    topo.stats.request(Class::Proxy);
     let resp3 = session.resp3;
     let p = &mut session.pinning;
     let given: Vec<Bytes> = req.args[1..].iter().map(|r| frame.slice(r.clone())).collect();
     let mut reply = BytesMut::new();
     let Some(ps) = p.pubsub.as_mut() else {
         // Not subscribed to anything: nothing to tell a server.
+        topo.stats.request(Class::Proxy);
         if given.is_empty() {
             put_confirmation(&mut reply, resp3, kind.unsubscribe(), None, 0);
         }
@@ -1066,7 +1146,8 @@ fn unsubscribe(
         Kind::Shard => b"SUNSUBSCRIBE",
     };
     let mut per_pin: Vec<Vec<Bytes>> = vec![Vec::new(); ps.pins.len()];
-    let total = {
+    let mut parts = Vec::new();
+    {
         let mut st = ps.mux.lock();
         let names: Vec<Bytes> = if given.is_empty() {
             let mut all: Vec<Bytes> = st.set(kind).iter().cloned().collect();
@@ -1086,24 +1167,38 @@ fn unsubscribe(
                 _ => topo.server_for(&name).map(|s| topo.servers[s].id),
             };
             for (i, pin) in ps.pins.iter().enumerate() {
-                if shard.is_none_or(|id| id == pin.server_id) {
+                if !pin.is_dead() && shard.is_none_or(|id| id == pin.server_id) {
                     per_pin[i].push(name.clone());
+                    parts.push(Part {
+                        server: pin.server_id,
+                        kind,
+                        subscribe: false,
+                        name: name.clone(),
+                    });
                 }
             }
         }
-        st.total()
-    };
-    if total == 0 {
-        // Nothing left to listen to: closing the connections unsubscribes them all.
-        p.pubsub = None;
-    } else {
-        for (pin, names) in ps.pins.iter().zip(per_pin) {
-            if !names.is_empty() {
-                let args: Vec<&[u8]> = std::iter::once(verb).chain(names.iter().map(|n| &n[..])).collect();
-                pin.send(job(command(&args), None));
-            }
+        if !parts.is_empty() {
+            let done = q.expect_one();
+            st.waiting.push_back(Waiting {
+                done,
+                reply: reply.split().freeze(),
+                parts,
+            });
+        }
+    }
+    for (pin, names) in ps.pins.iter().zip(per_pin) {
+        if !names.is_empty() {
+            let args: Vec<&[u8]> = std::iter::once(verb).chain(names.iter().map(|n| &n[..])).collect();
+            pin.send(job(command(&args), None));
         }
     }
     p.update_sub_gauges(topo);
-    Slot::Ready(reply.freeze())
+    if reply.is_empty() {
+        topo.stats.request(Class::Multi);
+        Slot::Queued
+    } else {
+        topo.stats.request(Class::Proxy);
+        Slot::Ready(reply.freeze())
+    }
 }

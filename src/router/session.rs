@@ -266,6 +266,8 @@ pub(super) fn answer(
         Some(b"client") if req.args.len() == 3 && arg(1).eq_ignore_ascii_case(b"reply") => {
             session.reply != ReplyMode::On
         }
+        // Pub/sub confirmations are pushes: Redis sends them whatever CLIENT REPLY says.
+        _ if is_pubsub_confirmed(name) => false,
         _ => mute,
     };
     if mute {
@@ -275,6 +277,19 @@ pub(super) fn answer(
         topo.stats.request(Class::Proxy);
     }
     slot
+}
+
+/// (UN)SUBSCRIBE, P(UN)SUBSCRIBE, S(UN)SUBSCRIBE.
+fn is_pubsub_confirmed(name: &[u8]) -> bool {
+    let n = match name.first() {
+        Some(b'p' | b'P' | b's' | b'S') if name.len() > 9 => &name[1..],
+        _ => name,
+    };
+    let n = match n {
+        [b'u' | b'U', b'n' | b'N', rest @ ..] => rest,
+        _ => n,
+    };
+    n.eq_ignore_ascii_case(b"subscribe")
 }
 
 fn answer_named(

@@ -464,6 +464,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
             buf.reserve(want);
         }
         let blocked = session.pinning.blocked();
+        let settle = session.pinning.wants_settled();
         tokio::select! {
             // While blocked, read on only to see the client go (what it sends waits in `buf`).
             r = rd.read_buf(&mut buf), if !blocked || buf.len() < BLOCKED_READ_AHEAD => match r {
@@ -472,9 +473,9 @@ async fn read_requests<R: AsyncRead + Unpin>(
                 Ok(0) | Err(_) => return false,
                 Ok(_) => {}
             },
-            _ = q.settled(), if blocked => {
+            _ = q.settled(), if settle => {
                 let t = topo.load();
-                session.pinning.unblock(&t);
+                session.pinning.settled(&t);
             }
             _ = q.gone() => return false,
             _ = drain.wait_for(|d| *d) => return true,
