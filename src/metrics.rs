@@ -305,6 +305,9 @@ impl ServerStats {
     }
 }
 
+/// Failovers a Sentinel pool followed (labels `pool`, `master`).
+pub const SENTINEL_FAILOVERS: &str = "legate_sentinel_failovers_total";
+
 /// Config reload outcomes and the running generation.
 pub fn reload_result(ok: bool, generation: u64) {
     metrics::counter!("legate_config_reloads_total", "result" => if ok { "success" } else { "failure" }).increment(1);
@@ -387,6 +390,10 @@ pub fn describe() {
     describe_gauge!(
         "legate_server_in_flight_requests",
         "Requests written to the server and not yet answered."
+    );
+    describe_counter!(
+        SENTINEL_FAILOVERS,
+        "Times a Sentinel pool moved a master name to a new address (+switch-master or a re-check)."
     );
     describe_counter!(
         "legate_config_reloads_total",

@@ -4,6 +4,9 @@
 //! builds a new one and swaps it in atomically, so a request never sees half of an old topology
 //! and half of a new.
 
+pub mod control;
+pub mod sentinel;
+
 use crate::config::PoolConfig;
 use crate::hash::{hash_tag_span, Ring, RingServer};
 use crate::metrics::PoolStats;

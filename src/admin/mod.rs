@@ -139,7 +139,9 @@ impl Status {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|(p, _)| {
+            .map(|(p, t)| {
+                // A Sentinel pool's servers are where their master names are now.
+                let live = t.load();
                 json!({
                     "name": p.name,
                     "listen": p.listen.to_string(),
@@ -170,9 +172,17 @@ impl Status {
                     "client_connections": p.client_connections,
                     "max_request_bytes": p.max_request_bytes,
                     "max_reply_bytes": p.max_reply_bytes,
-                    "servers": p.servers.iter().map(|s| json!({
-                        "addr": s.addr.to_string(), "weight": s.weight, "name": s.name,
+                    "servers": p.servers.iter().zip(&live.servers).map(|(s, l)| json!({
+                        "addr": l.addr.to_string(), "weight": s.weight, "name": s.name,
                     })).collect::<Vec<_>>(),
+                    "sentinels": match &p.source {
+                        crate::config::Source::Sentinel(c) => Some(json!({
+                            "addrs": c.sentinels.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                            "interval_ms": c.interval.as_millis() as u64,
+                            "auth": c.auth.as_ref().map(|_| "<redacted>"),
+                        })),
+                        crate::config::Source::Static => None,
+                    },
                 })
             })
             .collect();

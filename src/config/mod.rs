@@ -95,6 +95,31 @@ pub struct ServerConfig {
 /// Default `max_pinned_connections`: below Redis's own default `maxclients` (10000).
 pub const DEFAULT_MAX_PINNED: usize = 4096;
 
+/// Where a pool's servers' addresses come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// `servers:` as listed (twemproxy).
+    Static,
+    /// `sentinels:` (legate): each server is a master name, and its address is whatever the
+    /// sentinels say that master's is now.
+    Sentinel(SentinelConfig),
+}
+
+/// A Sentinel pool's sentinels and how they are asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentinelConfig {
+    /// The sentinels, in the order they are tried.
+    pub sentinels: Vec<Addr>,
+    /// How often every master is re-checked with the sentinels (`sentinel_interval`, ms),
+    /// besides following `+switch-master` as it is announced.
+    pub interval: Duration,
+    /// The sentinels' `requirepass` (`sentinel_auth`).
+    pub auth: Option<String>,
+}
+
+/// Default `sentinel_interval`.
+pub const DEFAULT_SENTINEL_INTERVAL: Duration = Duration::from_secs(5);
+
 /// One pool: a listener and the servers its keys are spread over.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
@@ -138,8 +163,11 @@ pub struct PoolConfig {
     pub tls: Option<TlsConfig>,
     /// TLS on the listener.
     pub listen_tls: Option<ListenTlsConfig>,
-    /// Servers in nutcracker's order (sorted by name), which modula depends on.
+    /// Servers in nutcracker's order (sorted by name), which modula depends on. In a Sentinel
+    /// pool each is a master name (`name:weight`); its address is filled in when resolved.
     pub servers: Vec<ServerConfig>,
+    /// Static servers, or master names followed through Sentinel.
+    pub source: Source,
 }
 
 /// A whole validated config file.
@@ -204,6 +232,9 @@ const KEYS: &[&str] = &[
     "client_idle_timeout",
     "tls",
     "listen_tls",
+    "sentinels",
+    "sentinel_interval",
+    "sentinel_auth",
 ];
 
 const TLS_KEYS: &[&str] = &["ca_file", "server_name", "cert_file", "key_file", "verify"];
@@ -495,7 +526,55 @@ fn parse_pool(name: &str, v: Value) -> Result<PoolConfig, ConfigError> {
     }
     let timeout = num("timeout", -1, i64::MIN)?;
     let server_connections = num("server_connections", 1, 1)?;
-    let servers = parse_servers(name, get.get("servers"))?;
+    let source = match get.get("sentinels") {
+        None | Some(Value::Null) => {
+            for key in ["sentinel_interval", "sentinel_auth"] {
+                if get.contains_key(key) {
+                    return Err(err(name, key, "is only valid with 'sentinels'"));
+                }
+            }
+            Source::Static
+        }
+        Some(v) => {
+            if protocol != Protocol::Redis {
+                return Err(err(name, "sentinels", "is only valid in a redis pool"));
+            }
+            if boolean("auto_eject_hosts")? {
+                return Err(err(
+                    name,
+                    "auto_eject_hosts",
+                    "a Sentinel pool follows failovers instead: ejecting a master name would move its keys",
+                ));
+            }
+            if tls.is_some() {
+                return Err(err(name, "tls", "is not supported with 'sentinels' yet"));
+            }
+            let Value::Sequence(list) = v else {
+                return Err(err(name, "sentinels", "must be a list of 'host:port'"));
+            };
+            let mut sentinels = Vec::with_capacity(list.len());
+            for item in list {
+                let a = scalar_string(item).ok_or_else(|| err(name, "sentinels", "each sentinel must be a string"))?;
+                sentinels.push(parse_host_port(a.trim()).map_err(|m| err(name, "sentinels", m))?);
+            }
+            if sentinels.is_empty() {
+                return Err(err(name, "sentinels", "must list at least one sentinel"));
+            }
+            Source::Sentinel(SentinelConfig {
+                sentinels,
+                interval: Duration::from_millis(num(
+                    "sentinel_interval",
+                    DEFAULT_SENTINEL_INTERVAL.as_millis() as i64,
+                    100,
+                )? as u64),
+                auth: s("sentinel_auth")?,
+            })
+        }
+    };
+    let servers = match source {
+        Source::Static => parse_servers(name, get.get("servers"))?,
+        Source::Sentinel(_) => parse_master_names(name, get.get("servers"))?,
+    };
 
     Ok(PoolConfig {
         name: name.to_string(),
@@ -528,6 +607,7 @@ fn parse_pool(name: &str, v: Value) -> Result<PoolConfig, ConfigError> {
         tls,
         listen_tls,
         servers,
+        source,
     })
 }
 
@@ -584,6 +664,60 @@ fn parse_servers(pool: &str, v: Option<&Value>) -> Result<Vec<ServerConfig>, Con
     for w in out.windows(2) {
         if w[0].name == w[1].name {
             return Err(err(pool, "servers", format!("duplicate server name '{}'", w[0].name)));
+        }
+    }
+    Ok(out)
+}
+
+/// A Sentinel pool's servers: `master-name:weight`, each name as the sentinels monitor it. The
+/// ring hashes the names, so a key stays with its master name through every failover.
+fn parse_master_names(pool: &str, v: Option<&Value>) -> Result<Vec<ServerConfig>, ConfigError> {
+    let list = match v {
+        Some(Value::Sequence(l)) if !l.is_empty() => l,
+        _ => {
+            return Err(err(
+                pool,
+                "servers",
+                "must list the master names the sentinels monitor, as 'name:weight'",
+            ))
+        }
+    };
+    let mut out: Vec<ServerConfig> = Vec::with_capacity(list.len());
+    for item in list {
+        let line = scalar_string(item).ok_or_else(|| err(pool, "servers", "each server must be a string"))?;
+        let line = line.trim();
+        let (master, weight) = line
+            .rsplit_once(':')
+            // Sentinel allows these characters in a master name.
+            .filter(|(m, _)| !m.is_empty() && m.bytes().all(|c| c.is_ascii_alphanumeric() || b".-_".contains(&c)))
+            .ok_or_else(|| {
+                err(
+                    pool,
+                    "servers",
+                    format!("expected 'master-name:weight' (a name of letters, digits, '.', '-', '_'), got '{line}'"),
+                )
+            })?;
+        let weight: u32 = weight
+            .parse()
+            .ok()
+            .filter(|w| *w >= 1)
+            .ok_or_else(|| err(pool, "servers", format!("weight must be an integer >= 1 in '{line}'")))?;
+        out.push(ServerConfig {
+            // Not an address: replaced by the master's address once a sentinel gives it.
+            addr: Addr::Tcp {
+                host: master.to_string(),
+                port: 0,
+            },
+            weight,
+            // Metrics and /stats name the server by its master name, whatever its address.
+            alias: Some(master.to_string()),
+            name: master.to_string(),
+        });
+    }
+    out.sort_by(|a, b| name_order(&a.name, &b.name));
+    for w in out.windows(2) {
+        if w[0].name == w[1].name {
+            return Err(err(pool, "servers", format!("duplicate master name '{}'", w[0].name)));
         }
     }
     Ok(out)
@@ -785,6 +919,40 @@ delta:
         assert_eq!(e.key.as_deref(), Some("listen_tls.key_file"));
         let e = refused("p:\n  listen: 127.0.0.1:1\n  protocol: tcp\n  redis: true\n  servers: ['a:1:1']\n");
         assert_eq!(e.key.as_deref(), Some("protocol"));
+    }
+
+    #[test]
+    fn sentinel_pools() {
+        let c = Config::parse(
+            "p:\n  listen: 127.0.0.1:1\n  redis: true\n  sentinels: ['10.0.0.1:26379', '10.0.0.2:26379']\n  sentinel_interval: 2000\n  servers: ['shard-b:1', 'shard-a:2']\n",
+        )
+        .unwrap();
+        let p = &c.pools[0];
+        let Source::Sentinel(s) = &p.source else {
+            panic!("not a sentinel pool: {:?}", p.source)
+        };
+        assert_eq!(s.sentinels.len(), 2);
+        assert_eq!(s.interval, Duration::from_millis(2000));
+        let names: Vec<_> = p.servers.iter().map(|s| (s.name.as_str(), s.weight)).collect();
+        assert_eq!(names, [("shard-a", 2), ("shard-b", 1)]);
+
+        let base = "p:\n  listen: 127.0.0.1:1\n  redis: true\n  sentinels: ['10.0.0.1:26379']\n";
+        let e = refused(&format!("{base}  servers: ['a:1', 'a:2']\n"));
+        assert!(e.message.contains("duplicate"), "{e}");
+        let e = refused(&format!("{base}  servers: ['a:0']\n"));
+        assert_eq!(e.key.as_deref(), Some("servers"));
+        let e = refused(&format!("{base}  servers: ['a 1']\n"));
+        assert_eq!(e.key.as_deref(), Some("servers"));
+        let e = refused(&format!("{base}  auto_eject_hosts: true\n  servers: ['a:1']\n"));
+        assert_eq!(e.key.as_deref(), Some("auto_eject_hosts"));
+        let e = refused(&format!("{base}  sentinel_interval: 5\n  servers: ['a:1']\n"));
+        assert_eq!(e.key.as_deref(), Some("sentinel_interval"));
+        let e = refused("p:\n  listen: 127.0.0.1:1\n  sentinels: ['10.0.0.1:26379']\n  servers: ['a:1']\n");
+        assert_eq!(e.key.as_deref(), Some("sentinels"));
+        let e = refused("p:\n  listen: 127.0.0.1:1\n  redis: true\n  sentinels: ['nope']\n  servers: ['a:1']\n");
+        assert_eq!(e.key.as_deref(), Some("sentinels"));
+        let e = refused("p:\n  listen: 127.0.0.1:1\n  redis: true\n  sentinel_auth: x\n  servers: ['a:1:1']\n");
+        assert_eq!(e.key.as_deref(), Some("sentinel_auth"));
     }
 
     #[test]
