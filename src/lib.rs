@@ -9,7 +9,9 @@
 //!   and the Redis command table (each command's arity, key positions and route).
 //! - [`topology`]: a pool's servers, ring and connections as one immutable snapshot; where the
 //!   servers come from when they are not a static list (`topology/sentinel.rs`: master names
-//!   followed through Sentinel failovers; `topology/control.rs`: legate's own RESP connections).
+//!   followed through Sentinel failovers; `topology/cluster.rs`: a Redis Cluster's slot table,
+//!   refreshed, and its redirections followed; `topology/control.rs`: legate's own RESP
+//!   connections).
 //! - [`router`]: a parsed request -> the server(s) it goes to, split and merged when needed; a
 //!   Redis connection's own state (HELLO, AUTH, CLIENT, RESET …) answered in `router/session.rs`;
 //!   transactions, blocking commands and pub/sub on connections of their own in `router/pinned.rs`.

@@ -10,6 +10,7 @@
 use crate::config::{Addr, Config, PoolConfig, Source};
 use crate::server::{accept_loop, Listener, PoolHandle};
 use crate::tls::PoolTls;
+use crate::topology::cluster::{self, ClusterView};
 use crate::topology::sentinel::{self, Follower};
 use crate::topology::{watch_health, HealthEvents, SharedTopology, Topology};
 use arc_swap::ArcSwap;
@@ -32,6 +33,8 @@ struct RunningPool {
     accept: Vec<JoinHandle<Option<Listener>>>,
     /// A Sentinel pool's masters, followed through failovers.
     follower: Option<Follower>,
+    /// A cluster pool's slot table and redirections, followed.
+    cluster: Option<cluster::Follower>,
 }
 
 /// A pool that stopped: its listener comes back once it has stopped accepting, and its
@@ -53,13 +56,28 @@ pub struct Pools {
 /// A master name -> address map per Sentinel pool, by listen address.
 type Resolved = HashMap<Addr, HashMap<String, Addr>>;
 
-/// Start a pool on `listener`; a Sentinel pool's servers are at `masters` (resolved already).
-fn start_pool(
-    config: &PoolConfig,
-    tls: PoolTls,
-    listener: Listener,
-    masters: Option<HashMap<String, Addr>>,
-) -> RunningPool {
+/// What the new config's Sentinel and cluster pools learned before anything changed, by
+/// listen address.
+#[derive(Default)]
+struct Learned {
+    masters: Resolved,
+    tables: HashMap<Addr, cluster::SlotTable>,
+}
+
+/// A cluster pool's slot table and the redirect channel of its node connections.
+fn cluster_view(table: cluster::SlotTable) -> (Arc<ClusterView>, cluster::Receiver) {
+    let (hook, rx) = cluster::channel();
+    (Arc::new(ClusterView { table, hook }), rx)
+}
+
+/// Start a pool on `listener`; a Sentinel pool's servers and a cluster pool's slot table are
+/// in `learned` (resolved already).
+fn start_pool(config: &PoolConfig, tls: PoolTls, listener: Listener, learned: &mut Learned) -> RunningPool {
+    let masters = learned.masters.remove(&config.listen);
+    let view = match (&config.source, learned.tables.remove(&config.listen)) {
+        (Source::Cluster(c), Some(t)) => Some((c.clone(), cluster_view(t))),
+        _ => None,
+    };
     let (events, events_rx) = mpsc::unbounded_channel();
     let (built, following) = match (&config.source, masters) {
         (Source::Sentinel(cfg), Some(m)) => (
@@ -68,13 +86,22 @@ fn start_pool(
         ),
         _ => (config.clone(), None),
     };
-    let topo: SharedTopology = Arc::new(ArcSwap::from_pointee(Topology::rebuild(
+    let (cluster_cfg, view, redirects) = match view {
+        Some((c, (v, rx))) => (Some(c), Some(v), Some(rx)),
+        None => (None, None, None),
+    };
+    let topo: SharedTopology = Arc::new(ArcSwap::from_pointee(Topology::build(
         &built,
         tls,
         None,
         Some(&events),
+        view,
     )));
     let follower = following.map(|(cfg, m)| Follower::start(cfg, m, topo.clone(), events.clone()));
+    let cluster = match (cluster_cfg, redirects) {
+        (Some(c), Some(rx)) => Some(cluster::Follower::start(c, topo.clone(), events.clone(), rx)),
+        _ => None,
+    };
     let (drain, drain_rx) = watch::channel(false);
     tokio::spawn(watch_health(topo.clone(), events.clone(), events_rx, drain_rx.clone()));
     let (alive_tx, alive_rx) = mpsc::channel(1);
@@ -103,21 +130,33 @@ fn start_pool(
         alive_rx,
         accept: accept_on_workers(listener, &handle),
         follower,
+        cluster,
     }
 }
 
 /// Learn the masters of every Sentinel pool of `config` (those of a running pool with the same
 /// sentinels are kept as followed), before anything starts or changes.
-async fn resolve_masters(config: &Config, running: &HashMap<Addr, RunningPool>) -> anyhow::Result<Resolved> {
-    let mut out = HashMap::new();
+async fn resolve_masters(config: &Config, running: &HashMap<Addr, RunningPool>) -> anyhow::Result<Learned> {
+    let mut out = Learned::default();
     for p in &config.pools {
+        if let Source::Cluster(cfg) = &p.source {
+            // The same seeds: the running pool's table is followed already.
+            let following = running
+                .get(&p.listen)
+                .and_then(|o| o.cluster.as_ref())
+                .is_some_and(|f| f.config == *cfg);
+            if !following {
+                let table = cluster::discover(p, cfg).await.map_err(anyhow::Error::msg)?;
+                out.tables.insert(p.listen.clone(), table);
+            }
+        }
         if let Source::Sentinel(cfg) = &p.source {
             let known = match running.get(&p.listen).and_then(|o| o.follower.as_ref()) {
                 Some(f) if f.config == *cfg => f.masters.lock().unwrap_or_else(|e| e.into_inner()).clone(),
                 _ => HashMap::new(),
             };
             let masters = sentinel::resolve(p, cfg, &known).await.map_err(anyhow::Error::msg)?;
-            out.insert(p.listen.clone(), masters);
+            out.masters.insert(p.listen.clone(), masters);
         }
     }
     Ok(out)
@@ -240,7 +279,7 @@ impl Pools {
             .map(|(p, l)| {
                 (
                     p.listen.clone(),
-                    start_pool(p, tls.remove(&p.name).unwrap_or_default(), l, masters.remove(&p.listen)),
+                    start_pool(p, tls.remove(&p.name).unwrap_or_default(), l, &mut masters),
                 )
             })
             .collect();
@@ -289,7 +328,31 @@ impl Pools {
             let tls = tls.remove(&p.name).unwrap_or_default();
             let running = match self.pools.remove(&p.listen) {
                 Some(mut old) if old.config.protocol == p.protocol => {
-                    match (&p.source, masters.remove(&p.listen)) {
+                    old.cluster = old
+                        .cluster
+                        .take()
+                        .filter(|f| matches!(&p.source, Source::Cluster(c) if *c == f.config));
+                    match (&p.source, masters.masters.remove(&p.listen)) {
+                        (Source::Cluster(cfg), _) => {
+                            old.follower = None;
+                            if old.cluster.is_some() {
+                                // The same seeds: the table is kept (and followed) as it is.
+                                let topo = Topology::rebuild(p, tls, Some(&old.topo.load()), Some(&old.events));
+                                old.topo.store(Arc::new(topo));
+                            } else {
+                                let table = masters.tables.remove(&p.listen).expect("learned above");
+                                let (view, rx) = cluster_view(table);
+                                let built =
+                                    Topology::build(p, tls, Some(&old.topo.load()), Some(&old.events), Some(view));
+                                old.topo.store(Arc::new(built));
+                                old.cluster = Some(cluster::Follower::start(
+                                    cfg.clone(),
+                                    old.topo.clone(),
+                                    old.events.clone(),
+                                    rx,
+                                ));
+                            }
+                        }
                         (Source::Sentinel(cfg), Some(m)) => {
                             // The same sentinels: keep following (and keep what the follower
                             // learned meanwhile); other sentinels: start over with them.
@@ -339,14 +402,9 @@ impl Pools {
                         None => bind(p)?,
                     };
                     self.draining.push(tokio::spawn(stopping.finished()));
-                    start_pool(p, tls, listener, masters.remove(&p.listen))
+                    start_pool(p, tls, listener, &mut masters)
                 }
-                None => start_pool(
-                    p,
-                    tls,
-                    fresh.remove(&p.listen).expect("bound above"),
-                    masters.remove(&p.listen),
-                ),
+                None => start_pool(p, tls, fresh.remove(&p.listen).expect("bound above"), &mut masters),
             };
             next.insert(p.listen.clone(), running);
         }

@@ -103,7 +103,21 @@ pub enum Source {
     /// `sentinels:` (legate): each server is a master name, and its address is whatever the
     /// sentinels say that master's is now.
     Sentinel(SentinelConfig),
+    /// `cluster:` (legate): a Redis Cluster, whose masters and slots are learned from its nodes.
+    Cluster(ClusterConfig),
 }
+
+/// A Redis Cluster pool's seed nodes and how often its slot table is refreshed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Nodes asked for the slot table at start (and when no known master answers).
+    pub seeds: Vec<Addr>,
+    /// How often the slot table is refreshed besides after a MOVED (`cluster_refresh`, ms).
+    pub refresh: Duration,
+}
+
+/// Default `cluster_refresh`.
+pub const DEFAULT_CLUSTER_REFRESH: Duration = Duration::from_secs(10);
 
 /// A Sentinel pool's sentinels and how they are asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -235,6 +249,8 @@ const KEYS: &[&str] = &[
     "sentinels",
     "sentinel_interval",
     "sentinel_auth",
+    "cluster",
+    "cluster_refresh",
 ];
 
 const TLS_KEYS: &[&str] = &["ca_file", "server_name", "cert_file", "key_file", "verify"];
@@ -526,7 +542,64 @@ fn parse_pool(name: &str, v: Value) -> Result<PoolConfig, ConfigError> {
     }
     let timeout = num("timeout", -1, i64::MIN)?;
     let server_connections = num("server_connections", 1, 1)?;
+    let addr_list = |key: &str, v: &Value| -> Result<Vec<Addr>, ConfigError> {
+        let Value::Sequence(list) = v else {
+            return Err(err(name, key, "must be a list of 'host:port'"));
+        };
+        let mut out = Vec::with_capacity(list.len());
+        for item in list {
+            let a = scalar_string(item).ok_or_else(|| err(name, key, "each entry must be a string"))?;
+            out.push(parse_host_port(a.trim()).map_err(|m| err(name, key, m))?);
+        }
+        if out.is_empty() {
+            return Err(err(name, key, "must list at least one 'host:port'"));
+        }
+        Ok(out)
+    };
+    let cluster = match get.get("cluster") {
+        None | Some(Value::Null) => {
+            if get.contains_key("cluster_refresh") {
+                return Err(err(name, "cluster_refresh", "is only valid with 'cluster'"));
+            }
+            None
+        }
+        Some(v) => {
+            if protocol != Protocol::Redis {
+                return Err(err(name, "cluster", "is only valid in a redis pool"));
+            }
+            // A key's slot is the cluster's: CRC16 of its {hash tag}.
+            for key in ["servers", "sentinels", "hash", "hash_tag", "distribution"] {
+                if get.contains_key(key) {
+                    return Err(err(
+                        name,
+                        key,
+                        "is not valid with 'cluster' (the cluster's nodes and slots decide where keys go)",
+                    ));
+                }
+            }
+            if boolean("auto_eject_hosts")? {
+                return Err(err(
+                    name,
+                    "auto_eject_hosts",
+                    "is not valid with 'cluster' (the cluster fails over by itself)",
+                ));
+            }
+            if tls.is_some() {
+                return Err(err(name, "tls", "is not supported with 'cluster' yet"));
+            }
+            if num("redis_db", 0, 0)? != 0 {
+                return Err(err(name, "redis_db", "a Redis Cluster has database 0 only"));
+            }
+            Some(ClusterConfig {
+                seeds: addr_list("cluster", v)?,
+                refresh: Duration::from_millis(
+                    num("cluster_refresh", DEFAULT_CLUSTER_REFRESH.as_millis() as i64, 100)? as u64,
+                ),
+            })
+        }
+    };
     let source = match get.get("sentinels") {
+        _ if cluster.is_some() => Source::Cluster(cluster.clone().expect("checked")),
         None | Some(Value::Null) => {
             for key in ["sentinel_interval", "sentinel_auth"] {
                 if get.contains_key(key) {
@@ -549,17 +622,7 @@ fn parse_pool(name: &str, v: Value) -> Result<PoolConfig, ConfigError> {
             if tls.is_some() {
                 return Err(err(name, "tls", "is not supported with 'sentinels' yet"));
             }
-            let Value::Sequence(list) = v else {
-                return Err(err(name, "sentinels", "must be a list of 'host:port'"));
-            };
-            let mut sentinels = Vec::with_capacity(list.len());
-            for item in list {
-                let a = scalar_string(item).ok_or_else(|| err(name, "sentinels", "each sentinel must be a string"))?;
-                sentinels.push(parse_host_port(a.trim()).map_err(|m| err(name, "sentinels", m))?);
-            }
-            if sentinels.is_empty() {
-                return Err(err(name, "sentinels", "must list at least one sentinel"));
-            }
+            let sentinels = addr_list("sentinels", v)?;
             Source::Sentinel(SentinelConfig {
                 sentinels,
                 interval: Duration::from_millis(num(
@@ -574,6 +637,8 @@ fn parse_pool(name: &str, v: Value) -> Result<PoolConfig, ConfigError> {
     let servers = match source {
         Source::Static => parse_servers(name, get.get("servers"))?,
         Source::Sentinel(_) => parse_master_names(name, get.get("servers"))?,
+        // Learned from the cluster.
+        Source::Cluster(_) => Vec::new(),
     };
 
     Ok(PoolConfig {
@@ -953,6 +1018,34 @@ delta:
         assert_eq!(e.key.as_deref(), Some("sentinels"));
         let e = refused("p:\n  listen: 127.0.0.1:1\n  redis: true\n  sentinel_auth: x\n  servers: ['a:1:1']\n");
         assert_eq!(e.key.as_deref(), Some("sentinel_auth"));
+    }
+
+    #[test]
+    fn cluster_pools() {
+        let c = Config::parse(
+            "p:\n  listen: 127.0.0.1:1\n  redis: true\n  cluster: ['10.0.0.1:7000', '10.0.0.2:7000']\n  cluster_refresh: 3000\n",
+        )
+        .unwrap();
+        let Source::Cluster(cl) = &c.pools[0].source else {
+            panic!("not a cluster pool: {:?}", c.pools[0].source)
+        };
+        assert_eq!((cl.seeds.len(), cl.refresh), (2, Duration::from_secs(3)));
+        let base = "p:\n  listen: 127.0.0.1:1\n  redis: true\n  cluster: ['10.0.0.1:7000']\n";
+        for (extra, key) in [
+            ("  servers: ['a:1:1']\n", "servers"),
+            ("  hash: md5\n", "hash"),
+            ("  hash_tag: '{}'\n", "hash_tag"),
+            ("  auto_eject_hosts: true\n", "auto_eject_hosts"),
+            ("  redis_db: 2\n", "redis_db"),
+            ("  cluster_refresh: 1\n", "cluster_refresh"),
+        ] {
+            let e = refused(&format!("{base}{extra}"));
+            assert_eq!(e.key.as_deref(), Some(key), "{extra}: {e}");
+        }
+        let e = refused("p:\n  listen: 127.0.0.1:1\n  cluster: ['10.0.0.1:7000']\n");
+        assert_eq!(e.key.as_deref(), Some("cluster"));
+        let e = refused("p:\n  listen: 127.0.0.1:1\n  redis: true\n  cluster: []\n");
+        assert_eq!(e.key.as_deref(), Some("cluster"));
     }
 
     #[test]
