@@ -7,7 +7,11 @@
 //! - [`hash`]: the 12 twemproxy hash functions, hash tags, and the ketama/modula/random rings.
 //! - [`protocol`]: pure codecs: memcache text and binary, Redis RESP requests and reply scanners,
 //!   and the Redis command table (each command's arity, key positions and route).
-//! - [`topology`]: a pool's servers, ring and connections as one immutable snapshot.
+//! - [`topology`]: a pool's servers, ring and connections as one immutable snapshot; where the
+//!   servers come from when they are not a static list (`topology/sentinel.rs`: master names
+//!   followed through Sentinel failovers; `topology/cluster.rs`: a Redis Cluster's slot table,
+//!   refreshed, and its redirections followed; `topology/control.rs`: legate's own RESP
+//!   connections).
 //! - [`router`]: a parsed request -> the server(s) it goes to, split and merged when needed; a
 //!   Redis connection's own state (HELLO, AUTH, CLIENT, RESET …) answered in `router/session.rs`;
 //!   transactions, blocking commands and pub/sub on connections of their own in `router/pinned.rs`.
@@ -112,7 +116,7 @@ pub async fn run_with(
         ),
         None => None,
     };
-    let mut pools = reload::Pools::start(&config)?;
+    let mut pools = reload::Pools::start(&config).await?;
     let (admin_reload_tx, mut admin_reloads) = tokio::sync::mpsc::unbounded_channel();
     let status = Arc::new(admin::Status {
         pools: std::sync::Mutex::new(pools.snapshot()),

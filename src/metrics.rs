@@ -542,6 +542,15 @@ impl ServerStats {
     }
 }
 
+/// Failovers a Sentinel pool followed (labels `pool`, `master`).
+pub const SENTINEL_FAILOVERS: &str = "legate_sentinel_failovers_total";
+
+/// Redirections a cluster pool followed (labels `pool`, `kind`: moved, ask, tryagain —
+/// TRYAGAIN and CLUSTERDOWN).
+pub const CLUSTER_REDIRECTIONS: &str = "legate_cluster_redirections_total";
+/// A cluster pool's slot table generation: 1 at start, one more per change learned.
+pub const CLUSTER_TABLE_GENERATION: &str = "legate_cluster_slot_table_generation";
+
 /// Config reload outcomes and the running generation.
 pub fn reload_result(ok: bool, generation: u64) {
     metrics::counter!("legate_config_reloads_total", "result" => if ok { "success" } else { "failure" }).increment(1);
@@ -624,6 +633,18 @@ pub fn describe() {
     describe_gauge!(
         "legate_server_in_flight_requests",
         "Requests written to the server and not yet answered."
+    );
+    describe_counter!(
+        SENTINEL_FAILOVERS,
+        "Times a Sentinel pool moved a master name to a new address (+switch-master or a re-check)."
+    );
+    describe_counter!(
+        CLUSTER_REDIRECTIONS,
+        "Requests a cluster redirected that legate sent on, by kind: moved, ask, tryagain (TRYAGAIN and CLUSTERDOWN)."
+    );
+    describe_gauge!(
+        CLUSTER_TABLE_GENERATION,
+        "A cluster pool's slot table generation: 1 at start, +1 per change learned."
     );
     describe_counter!(
         "legate_config_reloads_total",

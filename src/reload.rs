@@ -7,14 +7,16 @@
 //! already sent is answered, then the connection closes. Listeners for new addresses are bound
 //! before anything changes, so a bind failure leaves the running topology untouched.
 
-use crate::config::{Addr, Config, PoolConfig};
+use crate::config::{Addr, Config, PoolConfig, Source};
 use crate::server::{accept_loop, Listener, PoolHandle};
 use crate::tls::PoolTls;
+use crate::topology::cluster::{self, ClusterView};
+use crate::topology::sentinel::{self, Follower};
 use crate::topology::{watch_health, HealthEvents, SharedTopology, Topology};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -29,6 +31,10 @@ struct RunningPool {
     alive_rx: mpsc::Receiver<()>,
     /// One accept loop per worker, each on its own descriptor of the pool's socket.
     accept: Vec<JoinHandle<Option<Listener>>>,
+    /// A Sentinel pool's masters, followed through failovers.
+    follower: Option<Follower>,
+    /// A cluster pool's slot table and redirections, followed.
+    cluster: Option<cluster::Follower>,
 }
 
 /// A pool that stopped: its listener comes back once it has stopped accepting, and its
@@ -47,14 +53,55 @@ pub struct Pools {
     draining: Vec<JoinHandle<()>>,
 }
 
-fn start_pool(config: &PoolConfig, tls: PoolTls, listener: Listener) -> RunningPool {
+/// A master name -> address map per Sentinel pool, by listen address.
+type Resolved = HashMap<Addr, HashMap<String, Addr>>;
+
+/// What the new config's Sentinel and cluster pools learned before anything changed, by
+/// listen address.
+#[derive(Default)]
+struct Learned {
+    masters: Resolved,
+    tables: HashMap<Addr, cluster::SlotTable>,
+}
+
+/// A cluster pool's slot table and the redirect channel of its node connections.
+fn cluster_view(table: cluster::SlotTable) -> (Arc<ClusterView>, cluster::Receiver) {
+    let (hook, rx) = cluster::channel();
+    (Arc::new(ClusterView { table, hook }), rx)
+}
+
+/// Start a pool on `listener`; a Sentinel pool's servers and a cluster pool's slot table are
+/// in `learned` (resolved already).
+fn start_pool(config: &PoolConfig, tls: PoolTls, listener: Listener, learned: &mut Learned) -> RunningPool {
+    let masters = learned.masters.remove(&config.listen);
+    let view = match (&config.source, learned.tables.remove(&config.listen)) {
+        (Source::Cluster(c), Some(t)) => Some((c.clone(), cluster_view(t))),
+        _ => None,
+    };
     let (events, events_rx) = mpsc::unbounded_channel();
-    let topo: SharedTopology = Arc::new(ArcSwap::from_pointee(Topology::rebuild(
-        config,
+    let (built, following) = match (&config.source, masters) {
+        (Source::Sentinel(cfg), Some(m)) => (
+            sentinel::resolved(config, &m),
+            Some((cfg.clone(), Arc::new(Mutex::new(m)))),
+        ),
+        _ => (config.clone(), None),
+    };
+    let (cluster_cfg, view, redirects) = match view {
+        Some((c, (v, rx))) => (Some(c), Some(v), Some(rx)),
+        None => (None, None, None),
+    };
+    let topo: SharedTopology = Arc::new(ArcSwap::from_pointee(Topology::build(
+        &built,
         tls,
         None,
         Some(&events),
+        view,
     )));
+    let follower = following.map(|(cfg, m)| Follower::start(cfg, m, topo.clone(), events.clone()));
+    let cluster = match (cluster_cfg, redirects) {
+        (Some(c), Some(rx)) => Some(cluster::Follower::start(c, topo.clone(), events.clone(), rx)),
+        _ => None,
+    };
     let (drain, drain_rx) = watch::channel(false);
     tokio::spawn(watch_health(topo.clone(), events.clone(), events_rx, drain_rx.clone()));
     let (alive_tx, alive_rx) = mpsc::channel(1);
@@ -82,7 +129,37 @@ fn start_pool(config: &PoolConfig, tls: PoolTls, listener: Listener) -> RunningP
         alive_tx,
         alive_rx,
         accept: accept_on_workers(listener, &handle),
+        follower,
+        cluster,
     }
+}
+
+/// Learn the masters of every Sentinel pool of `config` (those of a running pool with the same
+/// sentinels are kept as followed), before anything starts or changes.
+async fn resolve_masters(config: &Config, running: &HashMap<Addr, RunningPool>) -> anyhow::Result<Learned> {
+    let mut out = Learned::default();
+    for p in &config.pools {
+        if let Source::Cluster(cfg) = &p.source {
+            // The same seeds: the running pool's table is followed already.
+            let following = running
+                .get(&p.listen)
+                .and_then(|o| o.cluster.as_ref())
+                .is_some_and(|f| f.config == *cfg);
+            if !following {
+                let table = cluster::discover(p, cfg).await.map_err(anyhow::Error::msg)?;
+                out.tables.insert(p.listen.clone(), table);
+            }
+        }
+        if let Source::Sentinel(cfg) = &p.source {
+            let known = match running.get(&p.listen).and_then(|o| o.follower.as_ref()) {
+                Some(f) if f.config == *cfg => f.masters.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                _ => HashMap::new(),
+            };
+            let masters = sentinel::resolve(p, cfg, &known).await.map_err(anyhow::Error::msg)?;
+            out.masters.insert(p.listen.clone(), masters);
+        }
+    }
+    Ok(out)
 }
 
 /// Start an accept loop on every worker, each with its own descriptor of `listener`.
@@ -184,12 +261,13 @@ fn describe_changes(old: &HashMap<Addr, RunningPool>, new: &Config) -> Vec<Strin
 }
 
 impl Pools {
-    /// Bind and start every pool of `config`.
+    /// Learn every Sentinel pool's masters, then bind and start every pool of `config`.
     ///
     /// # Errors
-    /// A listener cannot be bound; nothing is left running.
-    pub fn start(config: &Config) -> anyhow::Result<Pools> {
+    /// A listener cannot be bound, or a master is known to no sentinel; nothing is left running.
+    pub async fn start(config: &Config) -> anyhow::Result<Pools> {
         let mut tls = crate::tls::load(config)?;
+        let mut masters = resolve_masters(config, &HashMap::new()).await?;
         let mut listeners = Vec::with_capacity(config.pools.len());
         for pool in &config.pools {
             listeners.push(bind(pool)?);
@@ -201,7 +279,7 @@ impl Pools {
             .map(|(p, l)| {
                 (
                     p.listen.clone(),
-                    start_pool(p, tls.remove(&p.name).unwrap_or_default(), l),
+                    start_pool(p, tls.remove(&p.name).unwrap_or_default(), l, &mut masters),
                 )
             })
             .collect();
@@ -236,6 +314,8 @@ impl Pools {
         let changes = describe_changes(&self.pools, config);
         // Certificates and keys are read again on every reload, before anything changes.
         let mut tls = crate::tls::load(config)?;
+        // Sentinel pools learn their masters first: a master no sentinel knows refuses the reload.
+        let mut masters = resolve_masters(config, &self.pools).await?;
         // Bind new addresses first: a failure here must leave everything as it was.
         let mut fresh: HashMap<Addr, Listener> = HashMap::new();
         for p in &config.pools {
@@ -247,12 +327,67 @@ impl Pools {
         for p in &config.pools {
             let tls = tls.remove(&p.name).unwrap_or_default();
             let running = match self.pools.remove(&p.listen) {
-                Some(old) if old.config.protocol == p.protocol => {
-                    // With TLS the files may have changed under the same config: the rebuild
-                    // keeps every server whose certificates and keys read the same.
-                    if old.config != *p || p.tls.is_some() || p.listen_tls.is_some() {
-                        let topo = Topology::rebuild(p, tls, Some(&old.topo.load()), Some(&old.events));
-                        old.topo.store(Arc::new(topo));
+                Some(mut old) if old.config.protocol == p.protocol => {
+                    old.cluster = old
+                        .cluster
+                        .take()
+                        .filter(|f| matches!(&p.source, Source::Cluster(c) if *c == f.config));
+                    match (&p.source, masters.masters.remove(&p.listen)) {
+                        (Source::Cluster(cfg), _) => {
+                            old.follower = None;
+                            if old.cluster.is_some() {
+                                // The same seeds: the table is kept (and followed) as it is.
+                                let topo = Topology::rebuild(p, tls, Some(&old.topo.load()), Some(&old.events));
+                                old.topo.store(Arc::new(topo));
+                            } else {
+                                let table = masters.tables.remove(&p.listen).expect("learned above");
+                                let (view, rx) = cluster_view(table);
+                                let built =
+                                    Topology::build(p, tls, Some(&old.topo.load()), Some(&old.events), Some(view));
+                                old.topo.store(Arc::new(built));
+                                old.cluster = Some(cluster::Follower::start(
+                                    cfg.clone(),
+                                    old.topo.clone(),
+                                    old.events.clone(),
+                                    rx,
+                                ));
+                            }
+                        }
+                        (Source::Sentinel(cfg), Some(m)) => {
+                            // The same sentinels: keep following (and keep what the follower
+                            // learned meanwhile); other sentinels: start over with them.
+                            let kept = old.follower.take().filter(|f| f.config == *cfg);
+                            let shared = kept
+                                .as_ref()
+                                .map(|f| f.masters.clone())
+                                .unwrap_or_else(|| Arc::new(Mutex::new(HashMap::new())));
+                            {
+                                let mut known = shared.lock().unwrap_or_else(|e| e.into_inner());
+                                let merged = m
+                                    .into_iter()
+                                    .map(|(n, a)| {
+                                        let a = known.get(&n).cloned().unwrap_or(a);
+                                        (n, a)
+                                    })
+                                    .collect();
+                                *known = merged;
+                                let built = sentinel::resolved(p, &known);
+                                let topo = Topology::rebuild(&built, tls, Some(&old.topo.load()), Some(&old.events));
+                                old.topo.store(Arc::new(topo));
+                            }
+                            old.follower = Some(kept.unwrap_or_else(|| {
+                                Follower::start(cfg.clone(), shared, old.topo.clone(), old.events.clone())
+                            }));
+                        }
+                        _ => {
+                            old.follower = None;
+                            // With TLS the files may have changed under the same config: the
+                            // rebuild keeps every server whose certificates and keys read the same.
+                            if old.config != *p || p.tls.is_some() || p.listen_tls.is_some() {
+                                let topo = Topology::rebuild(p, tls, Some(&old.topo.load()), Some(&old.events));
+                                old.topo.store(Arc::new(topo));
+                            }
+                        }
                     }
                     RunningPool {
                         config: p.clone(),
@@ -267,9 +402,9 @@ impl Pools {
                         None => bind(p)?,
                     };
                     self.draining.push(tokio::spawn(stopping.finished()));
-                    start_pool(p, tls, listener)
+                    start_pool(p, tls, listener, &mut masters)
                 }
-                None => start_pool(p, tls, fresh.remove(&p.listen).expect("bound above")),
+                None => start_pool(p, tls, fresh.remove(&p.listen).expect("bound above"), &mut masters),
             };
             next.insert(p.listen.clone(), running);
         }

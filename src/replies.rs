@@ -182,7 +182,11 @@ impl Replies {
     /// Queue bytes the server pushed to the client (a pub/sub message), which no `CLIENT
     /// REPLY` setting silences. False once the writer has gone.
     pub fn push(&self, bytes: Bytes, close: bool) -> bool {
-        let e = if close { Entry::Close(bytes) } else { Entry::Ready(bytes) };
+        let e = if close {
+            Entry::Close(bytes)
+        } else {
+            Entry::Ready(bytes)
+        };
         self.reserve_as(e, false).is_some()
     }
 

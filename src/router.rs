@@ -109,6 +109,9 @@ type Part = (usize, Vec<u32>);
 /// Split `keys` (indexes into a key list) by server: returns, per part, the server and the key
 /// indexes, and per key its part.
 fn group_by_server(topo: &Topology, keys: &[&[u8]]) -> Option<(Vec<Part>, Vec<u32>)> {
+    if topo.cluster.is_some() {
+        return group_by_slot(topo, keys);
+    }
     let mut part_of_server = vec![u32::MAX; topo.servers.len()];
     let mut parts: Vec<Part> = Vec::new();
     let mut part_of_key = Vec::with_capacity(keys.len());
@@ -119,6 +122,29 @@ fn group_by_server(topo: &Topology, keys: &[&[u8]]) -> Option<(Vec<Part>, Vec<u3
             parts.push((s, Vec::new()));
         }
         let p = part_of_server[s];
+        parts[p as usize].1.push(i as u32);
+        part_of_key.push(p);
+    }
+    Some((parts, part_of_key))
+}
+
+/// [`group_by_server`] for a Redis Cluster pool: one part per slot, since a node refuses keys of
+/// different slots in one request (CROSSSLOT) even when it serves them all.
+fn group_by_slot(topo: &Topology, keys: &[&[u8]]) -> Option<(Vec<Part>, Vec<u32>)> {
+    let mut part_of_slot: std::collections::HashMap<u16, u32> = std::collections::HashMap::new();
+    let mut parts: Vec<Part> = Vec::new();
+    let mut part_of_key = Vec::with_capacity(keys.len());
+    for (i, key) in keys.iter().enumerate() {
+        let slot = crate::hash::cluster_slot(key);
+        let p = match part_of_slot.get(&slot) {
+            Some(&p) => p,
+            None => {
+                let s = topo.cluster.as_ref()?.table.server_of(slot)?;
+                parts.push((s, Vec::new()));
+                part_of_slot.insert(slot, parts.len() as u32 - 1);
+                parts.len() as u32 - 1
+            }
+        };
         parts[p as usize].1.push(i as u32);
         part_of_key.push(p);
     }

@@ -4,8 +4,12 @@
 //! builds a new one and swaps it in atomically, so a request never sees half of an old topology
 //! and half of a new.
 
-use crate::config::PoolConfig;
-use crate::hash::{hash_tag_span, Ring, RingServer};
+pub mod cluster;
+pub mod control;
+pub mod sentinel;
+
+use crate::config::{PoolConfig, Source};
+use crate::hash::{cluster_slot, hash_tag_span, Ring, RingServer};
 use crate::metrics::PoolStats;
 use crate::tls::PoolTls;
 use crate::upstream::Server;
@@ -27,6 +31,8 @@ pub struct Topology {
     pub tls: PoolTls,
     /// Where an L4 pool's round robin goes next.
     pub next: AtomicUsize,
+    /// A Redis Cluster pool's slot table (its servers are the table's masters, in order).
+    pub cluster: Option<Arc<cluster::ClusterView>>,
 }
 
 /// Told when a server of the pool is ejected.
@@ -41,7 +47,33 @@ impl Topology {
     /// Build a pool's topology, keeping the connections of every server of `old` that is still
     /// in the pool with the same address and connection settings (TLS material included).
     /// Ejected servers are left out of the ring, exactly as nutcracker leaves them out.
+    /// A cluster pool keeps `old`'s slot table.
     pub fn rebuild(pool: &PoolConfig, tls: PoolTls, old: Option<&Topology>, events: Option<&HealthEvents>) -> Topology {
+        let view = match pool.source {
+            Source::Cluster(_) => old.and_then(|o| o.cluster.clone()),
+            _ => None,
+        };
+        Topology::build(pool, tls, old, events, view)
+    }
+
+    /// [`Topology::rebuild`] with a cluster pool's slot table: its servers are the table's
+    /// masters.
+    pub fn build(
+        pool: &PoolConfig,
+        tls: PoolTls,
+        old: Option<&Topology>,
+        events: Option<&HealthEvents>,
+        view: Option<Arc<cluster::ClusterView>>,
+    ) -> Topology {
+        let resolved;
+        let pool = match &view {
+            Some(v) => {
+                resolved = cluster::resolved(pool, &v.table);
+                &resolved
+            }
+            None => pool,
+        };
+        let hook = view.as_ref().map(|v| &v.hook);
         let stats = old
             .map(|o| o.stats.clone())
             .unwrap_or_else(|| PoolStats::new(&pool.name, pool.protocol));
@@ -52,10 +84,10 @@ impl Topology {
                 old.and_then(|o| {
                     o.servers
                         .iter()
-                        .find(|k| k.addr == s.addr && k.same_connections(pool, s, &tls))
+                        .find(|k| k.addr == s.addr && k.same_connections_with(pool, s, &tls, hook))
                 })
                 .cloned()
-                .unwrap_or_else(|| Server::start(pool, s, &tls, events.cloned(), &stats.commands))
+                .unwrap_or_else(|| Server::start_with(pool, s, &tls, events.cloned(), &stats.commands, hook.cloned()))
             })
             .collect();
         let ring_servers: Vec<RingServer<'_>> = pool
@@ -76,12 +108,16 @@ impl Topology {
             stats,
             tls,
             next: AtomicUsize::new(0),
+            cluster: view,
         }
     }
 
     /// The index of the server that owns `key`, or `None` when no server is available.
     #[inline]
     pub fn server_for(&self, key: &[u8]) -> Option<usize> {
+        if let Some(c) = &self.cluster {
+            return c.table.server_of(cluster_slot(key));
+        }
         self.ring
             .server_for(self.pool.hash, hash_tag_span(key, self.pool.hash_tag))
     }

@@ -32,6 +32,26 @@ fn example_config_passes() {
 }
 
 #[test]
+fn sentinel_example_passes() {
+    // -t checks the file only: no sentinel is asked.
+    let (ok, text) = check(include_str!("../config/sentinel.yml"));
+    assert!(ok, "{text}");
+    let (ok, text) = check(
+        "s:\n  listen: 127.0.0.1:1\n  redis: true\n  sentinels: ['127.0.0.1:26379']\n  servers: ['127.0.0.1:6379:1']\n",
+    );
+    assert!(!ok && text.contains("master-name:weight"), "{text}");
+}
+
+#[test]
+fn cluster_example_passes() {
+    // -t checks the file only: no node is asked.
+    let (ok, text) = check(include_str!("../config/cluster.yml"));
+    assert!(ok, "{text}");
+    let (ok, text) = check("c:\n  listen: 127.0.0.1:1\n  redis: true\n  hash: md5\n  cluster: ['127.0.0.1:7000']\n");
+    assert!(!ok && text.contains("'hash'"), "{text}");
+}
+
+#[test]
 fn tls_example_passes_once_its_certificate_files_exist() {
     let example = include_str!("../config/tls-l4.yml");
     // As shipped, the files it names do not exist here, and -t says which.

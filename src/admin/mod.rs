@@ -108,7 +108,7 @@ impl Status {
             pool.insert("server_ejects".into(), json!(ejects));
             pool.insert("forward_error".into(), json!(g(&ps.forward_error)));
             pool.insert("fragments".into(), json!(g(&ps.fragments)));
-            for (cfg, s) in p.servers.iter().zip(&t.servers) {
+            for (cfg, s) in t.pool.servers.iter().zip(&t.servers) {
                 let st = &s.stats;
                 let in_flight = st.in_flight.load(Ordering::Relaxed).max(0);
                 let name = cfg.alias.clone().unwrap_or_else(|| cfg.addr.to_string());
@@ -145,7 +145,9 @@ impl Status {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|(p, _)| {
+            .map(|(p, t)| {
+                // A Sentinel pool's servers are where their master names are now.
+                let live = t.load();
                 json!({
                     "name": p.name,
                     "listen": p.listen.to_string(),
@@ -177,9 +179,25 @@ impl Status {
                     "client_connections": p.client_connections,
                     "max_request_bytes": p.max_request_bytes,
                     "max_reply_bytes": p.max_reply_bytes,
-                    "servers": p.servers.iter().map(|s| json!({
-                        "addr": s.addr.to_string(), "weight": s.weight, "name": s.name,
+                    "servers": live.pool.servers.iter().zip(&live.servers).map(|(s, l)| json!({
+                        "addr": l.addr.to_string(), "weight": s.weight, "name": s.name,
                     })).collect::<Vec<_>>(),
+                    "sentinels": match &p.source {
+                        crate::config::Source::Sentinel(c) => Some(json!({
+                            "addrs": c.sentinels.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                            "interval_ms": c.interval.as_millis() as u64,
+                            "auth": c.auth.as_ref().map(|_| "<redacted>"),
+                        })),
+                        _ => None,
+                    },
+                    "cluster": match &p.source {
+                        crate::config::Source::Cluster(c) => Some(json!({
+                            "seeds": c.seeds.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                            "refresh_ms": c.refresh.as_millis() as u64,
+                            "slots_served": live.cluster.as_ref().map(|v| v.table.served()),
+                        })),
+                        _ => None,
+                    },
                 })
             })
             .collect();

@@ -95,6 +95,45 @@ pub struct ServerConfig {
 /// Default `max_pinned_connections`: below Redis's own default `maxclients` (10000).
 pub const DEFAULT_MAX_PINNED: usize = 4096;
 
+/// Where a pool's servers' addresses come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// `servers:` as listed (twemproxy).
+    Static,
+    /// `sentinels:` (legate): each server is a master name, and its address is whatever the
+    /// sentinels say that master's is now.
+    Sentinel(SentinelConfig),
+    /// `cluster:` (legate): a Redis Cluster, whose masters and slots are learned from its nodes.
+    Cluster(ClusterConfig),
+}
+
+/// A Redis Cluster pool's seed nodes and how often its slot table is refreshed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Nodes asked for the slot table at start (and when no known master answers).
+    pub seeds: Vec<Addr>,
+    /// How often the slot table is refreshed besides after a MOVED (`cluster_refresh`, ms).
+    pub refresh: Duration,
+}
+
+/// Default `cluster_refresh`.
+pub const DEFAULT_CLUSTER_REFRESH: Duration = Duration::from_secs(10);
+
+/// A Sentinel pool's sentinels and how they are asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentinelConfig {
+    /// The sentinels, in the order they are tried.
+    pub sentinels: Vec<Addr>,
+    /// How often every master is re-checked with the sentinels (`sentinel_interval`, ms),
+    /// besides following `+switch-master` as it is announced.
+    pub interval: Duration,
+    /// The sentinels' `requirepass` (`sentinel_auth`).
+    pub auth: Option<String>,
+}
+
+/// Default `sentinel_interval`.
+pub const DEFAULT_SENTINEL_INTERVAL: Duration = Duration::from_secs(5);
+
 /// One pool: a listener and the servers its keys are spread over.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
@@ -142,8 +181,11 @@ pub struct PoolConfig {
     pub tls: Option<TlsConfig>,
     /// TLS on the listener.
     pub listen_tls: Option<ListenTlsConfig>,
-    /// Servers in nutcracker's order (sorted by name), which modula depends on.
+    /// Servers in nutcracker's order (sorted by name), which modula depends on. In a Sentinel
+    /// pool each is a master name (`name:weight`); its address is filled in when resolved.
     pub servers: Vec<ServerConfig>,
+    /// Static servers, or master names followed through Sentinel.
+    pub source: Source,
 }
 
 /// A whole validated config file.
@@ -209,6 +251,11 @@ const KEYS: &[&str] = &[
     "client_idle_timeout",
     "tls",
     "listen_tls",
+    "sentinels",
+    "sentinel_interval",
+    "sentinel_auth",
+    "cluster",
+    "cluster_refresh",
 ];
 
 const TLS_KEYS: &[&str] = &["ca_file", "server_name", "cert_file", "key_file", "verify"];
@@ -504,7 +551,104 @@ fn parse_pool(name: &str, v: Value) -> Result<PoolConfig, ConfigError> {
     }
     let timeout = num("timeout", -1, i64::MIN)?;
     let server_connections = num("server_connections", 1, 1)?;
-    let servers = parse_servers(name, get.get("servers"))?;
+    let addr_list = |key: &str, v: &Value| -> Result<Vec<Addr>, ConfigError> {
+        let Value::Sequence(list) = v else {
+            return Err(err(name, key, "must be a list of 'host:port'"));
+        };
+        let mut out = Vec::with_capacity(list.len());
+        for item in list {
+            let a = scalar_string(item).ok_or_else(|| err(name, key, "each entry must be a string"))?;
+            out.push(parse_host_port(a.trim()).map_err(|m| err(name, key, m))?);
+        }
+        if out.is_empty() {
+            return Err(err(name, key, "must list at least one 'host:port'"));
+        }
+        Ok(out)
+    };
+    let cluster = match get.get("cluster") {
+        None | Some(Value::Null) => {
+            if get.contains_key("cluster_refresh") {
+                return Err(err(name, "cluster_refresh", "is only valid with 'cluster'"));
+            }
+            None
+        }
+        Some(v) => {
+            if protocol != Protocol::Redis {
+                return Err(err(name, "cluster", "is only valid in a redis pool"));
+            }
+            // A key's slot is the cluster's: CRC16 of its {hash tag}.
+            for key in ["servers", "sentinels", "hash", "hash_tag", "distribution"] {
+                if get.contains_key(key) {
+                    return Err(err(
+                        name,
+                        key,
+                        "is not valid with 'cluster' (the cluster's nodes and slots decide where keys go)",
+                    ));
+                }
+            }
+            if boolean("auto_eject_hosts")? {
+                return Err(err(
+                    name,
+                    "auto_eject_hosts",
+                    "is not valid with 'cluster' (the cluster fails over by itself)",
+                ));
+            }
+            if tls.is_some() {
+                return Err(err(name, "tls", "is not supported with 'cluster' yet"));
+            }
+            if num("redis_db", 0, 0)? != 0 {
+                return Err(err(name, "redis_db", "a Redis Cluster has database 0 only"));
+            }
+            Some(ClusterConfig {
+                seeds: addr_list("cluster", v)?,
+                refresh: Duration::from_millis(
+                    num("cluster_refresh", DEFAULT_CLUSTER_REFRESH.as_millis() as i64, 100)? as u64,
+                ),
+            })
+        }
+    };
+    let source = match get.get("sentinels") {
+        _ if cluster.is_some() => Source::Cluster(cluster.clone().expect("checked")),
+        None | Some(Value::Null) => {
+            for key in ["sentinel_interval", "sentinel_auth"] {
+                if get.contains_key(key) {
+                    return Err(err(name, key, "is only valid with 'sentinels'"));
+                }
+            }
+            Source::Static
+        }
+        Some(v) => {
+            if protocol != Protocol::Redis {
+                return Err(err(name, "sentinels", "is only valid in a redis pool"));
+            }
+            if boolean("auto_eject_hosts")? {
+                return Err(err(
+                    name,
+                    "auto_eject_hosts",
+                    "a Sentinel pool follows failovers instead: ejecting a master name would move its keys",
+                ));
+            }
+            if tls.is_some() {
+                return Err(err(name, "tls", "is not supported with 'sentinels' yet"));
+            }
+            let sentinels = addr_list("sentinels", v)?;
+            Source::Sentinel(SentinelConfig {
+                sentinels,
+                interval: Duration::from_millis(num(
+                    "sentinel_interval",
+                    DEFAULT_SENTINEL_INTERVAL.as_millis() as i64,
+                    100,
+                )? as u64),
+                auth: s("sentinel_auth")?,
+            })
+        }
+    };
+    let servers = match source {
+        Source::Static => parse_servers(name, get.get("servers"))?,
+        Source::Sentinel(_) => parse_master_names(name, get.get("servers"))?,
+        // Learned from the cluster.
+        Source::Cluster(_) => Vec::new(),
+    };
 
     Ok(PoolConfig {
         name: name.to_string(),
@@ -538,6 +682,7 @@ fn parse_pool(name: &str, v: Value) -> Result<PoolConfig, ConfigError> {
         tls,
         listen_tls,
         servers,
+        source,
     })
 }
 
@@ -594,6 +739,60 @@ fn parse_servers(pool: &str, v: Option<&Value>) -> Result<Vec<ServerConfig>, Con
     for w in out.windows(2) {
         if w[0].name == w[1].name {
             return Err(err(pool, "servers", format!("duplicate server name '{}'", w[0].name)));
+        }
+    }
+    Ok(out)
+}
+
+/// A Sentinel pool's servers: `master-name:weight`, each name as the sentinels monitor it. The
+/// ring hashes the names, so a key stays with its master name through every failover.
+fn parse_master_names(pool: &str, v: Option<&Value>) -> Result<Vec<ServerConfig>, ConfigError> {
+    let list = match v {
+        Some(Value::Sequence(l)) if !l.is_empty() => l,
+        _ => {
+            return Err(err(
+                pool,
+                "servers",
+                "must list the master names the sentinels monitor, as 'name:weight'",
+            ))
+        }
+    };
+    let mut out: Vec<ServerConfig> = Vec::with_capacity(list.len());
+    for item in list {
+        let line = scalar_string(item).ok_or_else(|| err(pool, "servers", "each server must be a string"))?;
+        let line = line.trim();
+        let (master, weight) = line
+            .rsplit_once(':')
+            // Sentinel allows these characters in a master name.
+            .filter(|(m, _)| !m.is_empty() && m.bytes().all(|c| c.is_ascii_alphanumeric() || b".-_".contains(&c)))
+            .ok_or_else(|| {
+                err(
+                    pool,
+                    "servers",
+                    format!("expected 'master-name:weight' (a name of letters, digits, '.', '-', '_'), got '{line}'"),
+                )
+            })?;
+        let weight: u32 = weight
+            .parse()
+            .ok()
+            .filter(|w| *w >= 1)
+            .ok_or_else(|| err(pool, "servers", format!("weight must be an integer >= 1 in '{line}'")))?;
+        out.push(ServerConfig {
+            // Not an address: replaced by the master's address once a sentinel gives it.
+            addr: Addr::Tcp {
+                host: master.to_string(),
+                port: 0,
+            },
+            weight,
+            // Metrics and /stats name the server by its master name, whatever its address.
+            alias: Some(master.to_string()),
+            name: master.to_string(),
+        });
+    }
+    out.sort_by(|a, b| name_order(&a.name, &b.name));
+    for w in out.windows(2) {
+        if w[0].name == w[1].name {
+            return Err(err(pool, "servers", format!("duplicate master name '{}'", w[0].name)));
         }
     }
     Ok(out)
@@ -803,6 +1002,68 @@ delta:
         assert_eq!(e.key.as_deref(), Some("listen_tls.key_file"));
         let e = refused("p:\n  listen: 127.0.0.1:1\n  protocol: tcp\n  redis: true\n  servers: ['a:1:1']\n");
         assert_eq!(e.key.as_deref(), Some("protocol"));
+    }
+
+    #[test]
+    fn sentinel_pools() {
+        let c = Config::parse(
+            "p:\n  listen: 127.0.0.1:1\n  redis: true\n  sentinels: ['10.0.0.1:26379', '10.0.0.2:26379']\n  sentinel_interval: 2000\n  servers: ['shard-b:1', 'shard-a:2']\n",
+        )
+        .unwrap();
+        let p = &c.pools[0];
+        let Source::Sentinel(s) = &p.source else {
+            panic!("not a sentinel pool: {:?}", p.source)
+        };
+        assert_eq!(s.sentinels.len(), 2);
+        assert_eq!(s.interval, Duration::from_millis(2000));
+        let names: Vec<_> = p.servers.iter().map(|s| (s.name.as_str(), s.weight)).collect();
+        assert_eq!(names, [("shard-a", 2), ("shard-b", 1)]);
+
+        let base = "p:\n  listen: 127.0.0.1:1\n  redis: true\n  sentinels: ['10.0.0.1:26379']\n";
+        let e = refused(&format!("{base}  servers: ['a:1', 'a:2']\n"));
+        assert!(e.message.contains("duplicate"), "{e}");
+        let e = refused(&format!("{base}  servers: ['a:0']\n"));
+        assert_eq!(e.key.as_deref(), Some("servers"));
+        let e = refused(&format!("{base}  servers: ['a 1']\n"));
+        assert_eq!(e.key.as_deref(), Some("servers"));
+        let e = refused(&format!("{base}  auto_eject_hosts: true\n  servers: ['a:1']\n"));
+        assert_eq!(e.key.as_deref(), Some("auto_eject_hosts"));
+        let e = refused(&format!("{base}  sentinel_interval: 5\n  servers: ['a:1']\n"));
+        assert_eq!(e.key.as_deref(), Some("sentinel_interval"));
+        let e = refused("p:\n  listen: 127.0.0.1:1\n  sentinels: ['10.0.0.1:26379']\n  servers: ['a:1']\n");
+        assert_eq!(e.key.as_deref(), Some("sentinels"));
+        let e = refused("p:\n  listen: 127.0.0.1:1\n  redis: true\n  sentinels: ['nope']\n  servers: ['a:1']\n");
+        assert_eq!(e.key.as_deref(), Some("sentinels"));
+        let e = refused("p:\n  listen: 127.0.0.1:1\n  redis: true\n  sentinel_auth: x\n  servers: ['a:1:1']\n");
+        assert_eq!(e.key.as_deref(), Some("sentinel_auth"));
+    }
+
+    #[test]
+    fn cluster_pools() {
+        let c = Config::parse(
+            "p:\n  listen: 127.0.0.1:1\n  redis: true\n  cluster: ['10.0.0.1:7000', '10.0.0.2:7000']\n  cluster_refresh: 3000\n",
+        )
+        .unwrap();
+        let Source::Cluster(cl) = &c.pools[0].source else {
+            panic!("not a cluster pool: {:?}", c.pools[0].source)
+        };
+        assert_eq!((cl.seeds.len(), cl.refresh), (2, Duration::from_secs(3)));
+        let base = "p:\n  listen: 127.0.0.1:1\n  redis: true\n  cluster: ['10.0.0.1:7000']\n";
+        for (extra, key) in [
+            ("  servers: ['a:1:1']\n", "servers"),
+            ("  hash: md5\n", "hash"),
+            ("  hash_tag: '{}'\n", "hash_tag"),
+            ("  auto_eject_hosts: true\n", "auto_eject_hosts"),
+            ("  redis_db: 2\n", "redis_db"),
+            ("  cluster_refresh: 1\n", "cluster_refresh"),
+        ] {
+            let e = refused(&format!("{base}{extra}"));
+            assert_eq!(e.key.as_deref(), Some(key), "{extra}: {e}");
+        }
+        let e = refused("p:\n  listen: 127.0.0.1:1\n  cluster: ['10.0.0.1:7000']\n");
+        assert_eq!(e.key.as_deref(), Some("cluster"));
+        let e = refused("p:\n  listen: 127.0.0.1:1\n  redis: true\n  cluster: []\n");
+        assert_eq!(e.key.as_deref(), Some("cluster"));
     }
 
     #[test]

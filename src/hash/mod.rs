@@ -351,6 +351,19 @@ fn jenkins(key: &[u8]) -> u32 {
     c.wrapping_sub(b.rotate_left(24))
 }
 
+/// Slots of a Redis Cluster.
+pub const CLUSTER_SLOTS: usize = 16384;
+
+/// The Redis Cluster slot of `key`: CRC16 (XMODEM) of its `{hash tag}` (the bytes between the
+/// first `{` and the next `}`, when not empty; else the whole key), modulo 16384.
+pub fn cluster_slot(key: &[u8]) -> u16 {
+    let mut crc: u32 = 0;
+    for &b in hash_tag_span(key, Some(*b"{}")) {
+        crc = ((crc << 8) ^ CRC16[(((crc >> 8) ^ b as u32) & 0xff) as usize]) & 0xffff;
+    }
+    (crc as usize % CLUSTER_SLOTS) as u16
+}
+
 /// The part of `key` that is hashed: the bytes between the first `tag[0]` and the next `tag[1]`,
 /// when that span is non-empty; otherwise the whole key.
 pub fn hash_tag_span(key: &[u8], tag: Option<[u8; 2]>) -> &[u8] {
@@ -408,6 +421,18 @@ mod tests {
         assert_ne!(HashFn::Fnv1a32.hash(&[0x80]), textbook);
         let ascii = (FNV32_INIT ^ 0x61).wrapping_mul(FNV32_PRIME);
         assert_eq!(HashFn::Fnv1a32.hash(b"a"), ascii);
+    }
+
+    #[test]
+    fn cluster_slots_are_redis_keyslot() {
+        // As `CLUSTER KEYSLOT` answers on Redis 7.0.
+        assert_eq!(cluster_slot(b"foo"), 12182);
+        assert_eq!(cluster_slot(b"bar"), 5061);
+        assert_eq!(cluster_slot(b"hello"), 866);
+        assert_eq!(cluster_slot(b"{user1000}.following"), cluster_slot(b"user1000"));
+        assert_eq!(cluster_slot(b"foo{}{bar}"), cluster_slot(b"foo{}{bar}"));
+        assert_ne!(cluster_slot(b"foo{}{bar}"), cluster_slot(b"bar"));
+        assert_eq!(cluster_slot(b"foo{{bar}}zap"), cluster_slot(b"{bar"));
     }
 
     #[test]

@@ -548,12 +548,7 @@ mod tests {
         let a = "# Server\r\nredis_version:7.0.15\r\nprocess_id:1\r\n\r\n# Clients\r\nconnected_clients:9\r\nblocked_clients:1\r\n\r\n# Memory\r\nused_memory:100\r\nnumber_of_cached_scripts:3\r\n\r\n# Keyspace\r\ndb0:keys=2,expires=1,avg_ttl=5\r\n";
         let c = "# Server\r\nredis_version:7.0.15\r\nprocess_id:2\r\n\r\n# Clients\r\nconnected_clients:4\r\nblocked_clients:1\r\n\r\n# Memory\r\nused_memory:50\r\nnumber_of_cached_scripts:3\r\n\r\n# Keyspace\r\ndb0:keys=3,expires=0,avg_ttl=0\r\n";
         let r = |s: &str| Bytes::from(format!("${}\r\n{s}\r\n", s.len()));
-        let out = merge(
-            Fan::Info,
-            &[r(a), r(c)],
-            false,
-            Clients { connected: 7 },
-        );
+        let out = merge(Fan::Info, &[r(a), r(c)], false, Clients { connected: 7 });
         let text = String::from_utf8_lossy(&out);
         assert!(text.contains("legate_version:"), "{text}");
         assert!(text.contains("connected_clients:7\r\n"), "{text}");

@@ -947,7 +947,9 @@ impl Sink for Mux {
                 let found = st.waiting.iter().enumerate().find_map(|(i, w)| {
                     w.parts
                         .iter()
-                        .position(|p| p.server == server_id && p.kind == k && p.subscribe == subscribe && p.name[..] == *name)
+                        .position(|p| {
+                            p.server == server_id && p.kind == k && p.subscribe == subscribe && p.name[..] == *name
+                        })
                         .map(|j| (i, j))
                 });
                 if let Some((i, j)) = found {

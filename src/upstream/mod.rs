@@ -61,8 +61,41 @@ pub enum Framing {
     /// A memcache binary request: the reply echoes its opcode and opaque.
     MemcacheBinary(memcache::binary::ReplyFrame),
     Redis,
+    /// A Redis request legate sent again after a cluster redirection (MOVED, ASK, TRYAGAIN,
+    /// CLUSTERDOWN); the count bounds how often one request is redirected.
+    RedisRetry(u8),
     /// The server sends nothing back (memcache `noreply`).
     None,
+}
+
+/// How often one request may be redirected by a cluster before the client gets the error.
+pub const MAX_REDIRECTS: u8 = 5;
+
+/// Where a Redis Cluster node's connection hands a request the node redirected (MOVED, ASK)
+/// or asked to have retried (TRYAGAIN, CLUSTERDOWN), with the node's reply, instead of
+/// answering the client with it ([`crate::topology::cluster`]).
+pub trait Redirect: Send + Sync + std::fmt::Debug {
+    /// `from` is the node that replied; `lane` the connection's lane.
+    fn redirect(&self, from: &Addr, lane: Lane, job: Job, reply: Bytes);
+}
+
+/// A pool's [`Redirect`], shared by its node connections; equal when it is the same one.
+#[derive(Debug, Clone)]
+pub struct RedirectHook(pub Arc<dyn Redirect>);
+
+impl PartialEq for RedirectHook {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::addr_eq(Arc::as_ptr(&self.0), Arc::as_ptr(&other.0))
+    }
+}
+
+/// A cluster node's reply that is a redirection, or a request to retry.
+fn is_redirection(reply: &[u8]) -> bool {
+    reply.first() == Some(&b'-')
+        && (reply.starts_with(b"-MOVED ")
+            || reply.starts_with(b"-ASK ")
+            || reply.starts_with(b"-TRYAGAIN")
+            || reply.starts_with(b"-CLUSTERDOWN"))
 }
 
 /// Why a job got no reply.
@@ -210,6 +243,8 @@ struct Target {
     max_reply: usize,
     /// `max_pinned_connections`.
     max_pinned: usize,
+    /// A cluster node's: where its redirections go.
+    redirect: Option<RedirectHook>,
 }
 
 fn target(pool: &PoolConfig, server: &ServerConfig, tls: &PoolTls) -> Target {
@@ -230,6 +265,7 @@ fn target(pool: &PoolConfig, server: &ServerConfig, tls: &PoolTls) -> Target {
         tls: tls.connector.clone(),
         max_reply: pool.max_reply_bytes,
         max_pinned: pool.max_pinned_connections,
+        redirect: None,
     }
 }
 
@@ -247,7 +283,22 @@ impl Server {
         events: Option<mpsc::UnboundedSender<()>>,
         commands: &Arc<CommandLatency>,
     ) -> Arc<Server> {
-        let target = target(pool, server, tls);
+        Server::start_with(pool, server, tls, events, commands, None)
+    }
+
+    /// [`Server::start`] for a cluster node, whose redirections go to `redirect`.
+    pub fn start_with(
+        pool: &PoolConfig,
+        server: &ServerConfig,
+        tls: &PoolTls,
+        events: Option<mpsc::UnboundedSender<()>>,
+        commands: &Arc<CommandLatency>,
+        redirect: Option<RedirectHook>,
+    ) -> Arc<Server> {
+        let target = Target {
+            redirect,
+            ..target(pool, server, tls)
+        };
         let stats = ServerStats::new(&pool.name, &target.label, commands.clone());
         let health = Arc::new(Health {
             failures: AtomicU32::new(0),
@@ -385,7 +436,22 @@ impl Server {
     /// True when this server's connections are what `server` in `pool` would open: a reload
     /// then keeps them.
     pub fn same_connections(&self, pool: &PoolConfig, server: &ServerConfig, tls: &PoolTls) -> bool {
-        self.target == target(pool, server, tls)
+        self.same_connections_with(pool, server, tls, None)
+    }
+
+    /// [`Server::same_connections`] for a cluster node with its redirect hook.
+    pub fn same_connections_with(
+        &self,
+        pool: &PoolConfig,
+        server: &ServerConfig,
+        tls: &PoolTls,
+        redirect: Option<&RedirectHook>,
+    ) -> bool {
+        self.target
+            == Target {
+                redirect: redirect.cloned(),
+                ..target(pool, server, tls)
+            }
     }
 
     /// Queue jobs on one of `worker`'s connections of `lane`, in order: always the same one for
@@ -393,7 +459,7 @@ impl Server {
     /// write, or a pipelined write, is never overtaken by the same client's next read on
     /// another connection); sessions spread over the connections in turn. When the connection
     /// task is gone the jobs are dropped, and their clients are told the connection was lost.
-    async fn send(&self, worker: usize, lane: Lane, session: usize, jobs: &mut Vec<Job>) {
+    pub(crate) async fn send(&self, worker: usize, lane: Lane, session: usize, jobs: &mut Vec<Job>) {
         if let Some(w) = self.conns.get(worker) {
             let conns = &w.lanes[lane as usize];
             if let Some(conn) = conns.get(session % conns.len().max(1)) {
@@ -608,6 +674,8 @@ struct Pending {
     done: Option<ReplyTo>,
     deadline: Option<Instant>,
     sent: Instant,
+    /// A cluster node's request, kept to be sent again if the node redirects it.
+    parts: Option<SmallVec<[Bytes; 2]>>,
 }
 
 /// Requests that timed out but whose replies have not arrived yet, above which the connection
@@ -684,9 +752,21 @@ async fn run_connection(t: Target, resp3: bool, health: Arc<Health>, jobs: Arc<Q
                 timeouts: t.timeout.is_some(),
                 max_reply: t.max_reply,
                 ended: ended.clone(),
+                redirect: t.redirect.clone(),
+                addr: t.addr.clone(),
+                lane: if resp3 { Lane::Resp3 } else { Lane::Default },
             },
         ));
-        let finished = write_requests(&mut wr, rx, &mut batch, &pending, t.timeout, &health.stats).await;
+        let finished = write_requests(
+            &mut wr,
+            rx,
+            &mut batch,
+            &pending,
+            t.timeout,
+            &health.stats,
+            t.redirect.is_some(),
+        )
+        .await;
         health.stats.server_connections.fetch_sub(1, Ordering::Relaxed);
         if finished {
             // The server left the topology: let the reader collect the replies still owed.
@@ -747,6 +827,7 @@ async fn write_requests<W: AsyncWrite + Unpin>(
     ptx: &Queue<Pending>,
     timeout: Option<Duration>,
     stats: &ServerStats,
+    cluster: bool,
 ) -> bool {
     let mut out: VecDeque<Bytes> = VecDeque::new();
     let mut handed: Vec<Pending> = Vec::with_capacity(BATCH);
@@ -768,9 +849,23 @@ async fn write_requests<W: AsyncWrite + Unpin>(
                         done: Some(done),
                         deadline,
                         sent,
+                        // Bytes are reference-counted: this is a copy of pointers.
+                        parts: cluster.then(|| job.parts.clone()),
                     });
                 }
-                (_, None) => {}
+                (Framing::None, None) => {}
+                // A reply nobody waits for (the ASKING before a request sent on an ASK):
+                // read and dropped.
+                (framing, None) => {
+                    awaited += 1;
+                    handed.push(Pending {
+                        framing,
+                        done: None,
+                        deadline,
+                        sent,
+                        parts: None,
+                    });
+                }
             }
             out.extend(job.parts);
         }
@@ -797,6 +892,10 @@ struct Reading {
     max_reply: usize,
     /// How the reader ended, for the writer's side to act on.
     ended: Arc<std::sync::Mutex<Option<ReadEnd>>>,
+    /// A cluster node's: where redirected requests go, with the node and the lane they left.
+    redirect: Option<RedirectHook>,
+    addr: Addr,
+    lane: Lane,
 }
 
 /// Why a connection's reader stopped.
@@ -896,7 +995,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             let scanned = match front.framing {
                 Framing::Memcache(kind) => memcache::scan_reply(&buf, kind, &mut mscan),
                 Framing::MemcacheBinary(f) => memcache::binary::scan_reply(&buf, f, &mut bscan),
-                Framing::Redis => redis::scan_reply(&buf, &mut rscan),
+                Framing::Redis | Framing::RedisRetry(_) => redis::scan_reply(&buf, &mut rscan),
                 Framing::None => Err(crate::protocol::ReplyError::Malformed(
                     "reply to a request that expects none",
                 )),
@@ -925,7 +1024,25 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     st.in_flight.fetch_sub(1, Ordering::Relaxed);
                     st.record_latency(p.sent.elapsed(), p.done.as_ref().map(ReplyTo::command));
                     if let Some(done) = p.done {
-                        done.send(Ok(reply));
+                        match (&r.redirect, p.parts) {
+                            (Some(hook), Some(parts)) if is_redirection(&reply) => {
+                                let tried = match p.framing {
+                                    Framing::RedisRetry(n) => n,
+                                    _ => 0,
+                                };
+                                if tried < MAX_REDIRECTS {
+                                    let job = Job {
+                                        parts,
+                                        framing: Framing::RedisRetry(tried + 1),
+                                        done: Some(done),
+                                    };
+                                    hook.0.redirect(&r.addr, r.lane, job, reply);
+                                } else {
+                                    done.send(Ok(reply));
+                                }
+                            }
+                            _ => done.send(Ok(reply)),
+                        }
                     }
                 }
                 Ok(None) => break,
@@ -946,7 +1063,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
         let need = match queue.front().map(|p| p.framing) {
             Some(Framing::Memcache(_)) => mscan.needs(),
             Some(Framing::MemcacheBinary(_)) => bscan.needs(),
-            Some(Framing::Redis) => rscan.needs(),
+            Some(Framing::Redis | Framing::RedisRetry(_)) => rscan.needs(),
             _ => 0,
         };
         let spare = buf.capacity() - buf.len();

@@ -261,6 +261,10 @@ async fn run_pin(
                     timeouts: false,
                     max_reply: t.max_reply,
                     ended,
+                    // A pinned session's replies, redirections included, are the client's.
+                    redirect: None,
+                    addr: t.addr.clone(),
+                    lane: super::Lane::Default,
                 },
             )));
             let mut handed: Vec<Pending> = Vec::new();
@@ -279,6 +283,7 @@ async fn run_pin(
                         done: job.done,
                         deadline: None,
                         sent,
+                        parts: None,
                     });
                     out.extend(job.parts);
                 }

@@ -1,0 +1,583 @@
+//! Redis Cluster pools: keys go to the master that serves their slot, and the cluster's
+//! redirections are followed where replies are read, so a plain client never sees them.
+//!
+//! The slot table is learned from the seed nodes at start (`CLUSTER SHARDS`, or `CLUSTER
+//! SLOTS` on servers before 7.0) and kept in the topology snapshot; it is refreshed
+//! periodically and after a MOVED, off the request path (requests keep using the table they
+//! have, and a refresh is swapped in whole as a reload is). A node's connection hands a reply
+//! of `-MOVED`, `-ASK`, `-TRYAGAIN` or `-CLUSTERDOWN` (with the request's bytes) to this pool's
+//! [`Redirector`] instead of to the client: MOVED re-sends the request to the node it names
+//! (and refreshes the table), ASK sends `ASKING` and the request to the node it names,
+//! TRYAGAIN and CLUSTERDOWN re-send after a short pause. A request is redirected at most
+//! [`crate::upstream::MAX_REDIRECTS`] times; after that the client gets the last error.
+
+use super::control::{Control, Value};
+use super::{HealthEvents, SharedTopology, Topology};
+use crate::config::{Addr, ClusterConfig, PoolConfig, ServerConfig};
+use crate::hash::CLUSTER_SLOTS;
+use crate::upstream::{Framing, Job, Lane, Redirect, RedirectHook};
+use bytes::Bytes;
+use smallvec::smallvec;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// A slot no master serves.
+pub const UNSERVED: u16 = u16::MAX;
+/// How long one node gets to connect and answer a table request.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Which master serves each slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotTable {
+    /// Every master, in address order (slotless masters too: they may be importing).
+    pub masters: Vec<Addr>,
+    /// Per slot, an index into `masters` or [`UNSERVED`].
+    pub slots: Box<[u16]>,
+}
+
+impl SlotTable {
+    /// The index of the master serving `slot`.
+    #[inline]
+    pub fn server_of(&self, slot: u16) -> Option<usize> {
+        match self.slots.get(slot as usize) {
+            Some(&i) if i != UNSERVED => Some(i as usize),
+            _ => None,
+        }
+    }
+
+    /// Slots some master serves.
+    pub fn served(&self) -> usize {
+        self.slots.iter().filter(|&&s| s != UNSERVED).count()
+    }
+
+    fn from_ranges(mut ranges: Vec<(u16, u16, Addr)>, mut masters: Vec<Addr>) -> Option<SlotTable> {
+        for (_, _, a) in &ranges {
+            if !masters.contains(a) {
+                masters.push(a.clone());
+            }
+        }
+        masters.sort_by_key(|a| a.to_string());
+        masters.dedup();
+        if masters.len() >= UNSERVED as usize {
+            return None;
+        }
+        let mut slots = vec![UNSERVED; CLUSTER_SLOTS].into_boxed_slice();
+        ranges.sort_by_key(|r| r.0);
+        for (start, end, a) in ranges {
+            if start > end || end as usize >= CLUSTER_SLOTS {
+                return None;
+            }
+            let i = masters.iter().position(|m| *m == a)? as u16;
+            slots[start as usize..=end as usize].fill(i);
+        }
+        Some(SlotTable { masters, slots })
+    }
+}
+
+/// A node's address as a table gives it: an empty or `?` host is the node that answered.
+fn node_addr(host: Option<String>, port: Option<i64>, asked: &Addr) -> Option<Addr> {
+    let port = u16::try_from(port?).ok().filter(|p| *p > 0)?;
+    let host = match host {
+        Some(h) if !h.is_empty() && h != "?" => h,
+        _ => match asked {
+            Addr::Tcp { host, .. } => host.clone(),
+            Addr::Unix { .. } => return None,
+        },
+    };
+    Some(Addr::Tcp { host, port })
+}
+
+/// Parse a `CLUSTER SHARDS` reply (Redis 7.0+), asked of `asked`.
+pub fn parse_shards(v: &Value, asked: &Addr) -> Option<SlotTable> {
+    let mut ranges = Vec::new();
+    let mut masters = Vec::new();
+    for shard in v.items()? {
+        let nodes = shard.field("nodes")?.items()?;
+        // After a failover a shard can list its failed old master too: the one online wins.
+        let is_master = |n: &&Value| n.field("role").and_then(Value::text).as_deref() == Some("master");
+        let health = |n: &&Value| n.field("health").and_then(Value::text);
+        let master = nodes
+            .iter()
+            .filter(is_master)
+            .find(|n| health(n).as_deref() == Some("online"))
+            .or_else(|| {
+                nodes
+                    .iter()
+                    .filter(is_master)
+                    .find(|n| health(n).as_deref() != Some("failed"))
+            });
+        let Some(master) = master else {
+            continue; // a shard whose master failed and has no replacement yet
+        };
+        let host = master
+            .field("endpoint")
+            .and_then(Value::text)
+            .filter(|e| e != "?" && !e.is_empty())
+            .or_else(|| master.field("ip").and_then(Value::text));
+        let addr = node_addr(host, master.field("port").and_then(Value::int), asked)?;
+        let bounds = shard.field("slots")?.items()?;
+        if bounds.len() % 2 != 0 {
+            return None;
+        }
+        for b in bounds.chunks_exact(2) {
+            let (s, e) = (b[0].int()?, b[1].int()?);
+            ranges.push((u16::try_from(s).ok()?, u16::try_from(e).ok()?, addr.clone()));
+        }
+        masters.push(addr);
+    }
+    SlotTable::from_ranges(ranges, masters)
+}
+
+/// Parse a `CLUSTER SLOTS` reply (any version with cluster support), asked of `asked`.
+pub fn parse_slots(v: &Value, asked: &Addr) -> Option<SlotTable> {
+    let mut ranges = Vec::new();
+    for range in v.items()? {
+        let r = range.items()?;
+        let (s, e) = (r.first()?.int()?, r.get(1)?.int()?);
+        let master = r.get(2)?.items()?;
+        let addr = node_addr(master.first()?.text(), master.get(1)?.int(), asked)?;
+        ranges.push((u16::try_from(s).ok()?, u16::try_from(e).ok()?, addr));
+    }
+    SlotTable::from_ranges(ranges, Vec::new())
+}
+
+/// Ask one node for the slot table.
+async fn fetch(node: &Addr, auth: Option<&str>) -> Result<SlotTable, String> {
+    let mut c = Control::connect(node, ASK_TIMEOUT, auth).await?;
+    match c.call(&[b"CLUSTER", b"SHARDS"]).await? {
+        Value::Error(e) if e.contains("unknown subcommand") || e.contains("Unknown subcommand") => {
+            let v = c.call(&[b"CLUSTER", b"SLOTS"]).await?;
+            match v {
+                Value::Error(e) => Err(format!("{node}: CLUSTER SLOTS: {e}")),
+                v => parse_slots(&v, node).ok_or_else(|| format!("{node}: CLUSTER SLOTS reply cannot be read")),
+            }
+        }
+        Value::Error(e) => Err(format!("{node}: CLUSTER SHARDS: {e}")),
+        v => parse_shards(&v, node).ok_or_else(|| format!("{node}: CLUSTER SHARDS reply cannot be read")),
+    }
+}
+
+/// The table from the first of `nodes` that gives one.
+async fn fetch_any(nodes: &[Addr], auth: Option<&str>) -> Result<SlotTable, Vec<String>> {
+    let mut errors = Vec::new();
+    for n in nodes {
+        match fetch(n, auth).await {
+            Ok(t) => return Ok(t),
+            Err(e) => errors.push(e),
+        }
+    }
+    Err(errors)
+}
+
+/// Learn a cluster pool's slot table from its seeds, before the pool starts or a reload that
+/// makes it a cluster pool is applied.
+///
+/// # Errors
+/// No seed answered with a table.
+pub async fn discover(pool: &PoolConfig, cfg: &ClusterConfig) -> Result<SlotTable, String> {
+    let t = fetch_any(&cfg.seeds, pool.redis_auth.as_deref()).await.map_err(|e| {
+        format!(
+            "pool '{}': no cluster seed gave a slot table: {}",
+            pool.name,
+            e.join("; ")
+        )
+    })?;
+    tracing::info!(
+        "pool {}: cluster of {} masters, {} of {CLUSTER_SLOTS} slots served",
+        pool.name,
+        t.masters.len(),
+        t.served()
+    );
+    Ok(t)
+}
+
+/// `pool` with the table's masters as its servers (in the table's order).
+pub fn resolved(pool: &PoolConfig, table: &SlotTable) -> PoolConfig {
+    let mut p = pool.clone();
+    p.servers = table
+        .masters
+        .iter()
+        .map(|a| ServerConfig {
+            addr: a.clone(),
+            weight: 1,
+            alias: None,
+            name: a.to_string(),
+        })
+        .collect();
+    p
+}
+
+/// What a cluster pool's topology carries: the slot table it routes by, and where its nodes'
+/// connections hand redirections.
+#[derive(Debug)]
+pub struct ClusterView {
+    pub table: SlotTable,
+    pub hook: RedirectHook,
+}
+
+/// One redirected request, on its way to the pool's follower.
+struct Redirected {
+    from: Addr,
+    lane: Lane,
+    job: Job,
+    reply: Bytes,
+}
+
+/// Takes redirections from the pool's node connections (any worker) to its follower task.
+#[derive(Debug)]
+pub struct Redirector {
+    tx: mpsc::UnboundedSender<Redirected>,
+}
+
+impl std::fmt::Debug for Redirected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "redirected from {}", self.from)
+    }
+}
+
+impl Redirect for Redirector {
+    fn redirect(&self, from: &Addr, lane: Lane, job: Job, reply: Bytes) {
+        let r = Redirected {
+            from: from.clone(),
+            lane,
+            job,
+            reply,
+        };
+        if let Err(mpsc::error::SendError(r)) = self.tx.send(r) {
+            // The pool is going away: the client gets the node's own answer.
+            if let Some(done) = r.job.done {
+                done.send(Ok(r.reply));
+            }
+        }
+    }
+}
+
+/// A redirection reply, parsed.
+#[derive(Debug, PartialEq, Eq)]
+enum Kind {
+    Moved(Addr),
+    Ask(Addr),
+    /// TRYAGAIN, CLUSTERDOWN: the same node, a moment later.
+    Again,
+}
+
+fn kind(reply: &[u8]) -> Option<Kind> {
+    let line = reply.strip_prefix(b"-")?.strip_suffix(b"\r\n")?;
+    let line = std::str::from_utf8(line).ok()?;
+    let mut w = line.split(' ');
+    match w.next()? {
+        "MOVED" | "ASK" => {
+            let _slot: u16 = w.next()?.parse().ok()?;
+            let (host, port) = w.next()?.rsplit_once(':')?;
+            let addr = Addr::Tcp {
+                host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
+                port: port.parse().ok()?,
+            };
+            Some(if line.starts_with('M') {
+                Kind::Moved(addr)
+            } else {
+                Kind::Ask(addr)
+            })
+        }
+        "TRYAGAIN" | "CLUSTERDOWN" => Some(Kind::Again),
+        _ => None,
+    }
+}
+
+/// Follows a cluster pool's slot table and redirections until dropped.
+pub struct Follower {
+    pub config: ClusterConfig,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A new redirection channel: the hook goes into the topology's node connections, the
+/// receiver to [`Follower::start`].
+pub fn channel() -> (RedirectHook, Receiver) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (RedirectHook(Arc::new(Redirector { tx })), Receiver(rx))
+}
+
+/// The follower's end of [`channel`].
+pub struct Receiver(mpsc::UnboundedReceiver<Redirected>);
+
+impl Follower {
+    /// Start following (on the calling runtime) the cluster of the pool whose live topology is
+    /// `topo`.
+    pub fn start(config: ClusterConfig, topo: SharedTopology, events: HealthEvents, rx: Receiver) -> Follower {
+        let task = tokio::spawn(follow(config.clone(), topo, events, rx.0));
+        Follower { config, task }
+    }
+}
+
+/// Workers the re-sent requests are spread over.
+static NEXT_WORKER: AtomicUsize = AtomicUsize::new(0);
+
+/// Queue `jobs` (in order, on one connection) on the master at `addr`; hands them back when the
+/// topology has no such master.
+async fn send_to(topo: &SharedTopology, addr: &Addr, lane: Lane, mut jobs: Vec<Job>) -> Result<(), Vec<Job>> {
+    let t = topo.load_full();
+    let Some(server) = t.servers.iter().find(|s| s.addr == *addr) else {
+        return Err(jobs);
+    };
+    let worker = NEXT_WORKER.fetch_add(1, Ordering::Relaxed) % crate::workers::count().max(1);
+    server.send(worker, lane, 0, &mut jobs).await;
+    Ok(())
+}
+
+/// Answer each job with `reply` (the node's own error).
+fn give_up(jobs: Vec<Job>, reply: &Bytes) {
+    for j in jobs {
+        if let Some(done) = j.done {
+            done.send(Ok(reply.clone()));
+        }
+    }
+}
+
+fn counter(pool: &str, kind: &'static str) -> metrics::Counter {
+    metrics::counter!(crate::metrics::CLUSTER_REDIRECTIONS, "pool" => pool.to_string(), "kind" => kind)
+}
+
+async fn follow(
+    cfg: ClusterConfig,
+    topo: SharedTopology,
+    events: HealthEvents,
+    mut rx: mpsc::UnboundedReceiver<Redirected>,
+) {
+    let pool = topo.load().pool.name.clone();
+    let (moved, ask, again) = (
+        counter(&pool, "moved"),
+        counter(&pool, "ask"),
+        counter(&pool, "tryagain"),
+    );
+    let generation = metrics::gauge!(crate::metrics::CLUSTER_TABLE_GENERATION, "pool" => pool.clone());
+    let mut table_generation = 1u64;
+    generation.set(1.0);
+    let mut tick = tokio::time::interval(cfg.refresh);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut stale: Option<Addr> = None;
+    loop {
+        // Redirections already queued go first; the table is refreshed when none is waiting.
+        let next = if stale.is_some() {
+            rx.try_recv().ok()
+        } else {
+            tokio::select! {
+                _ = tick.tick() => None,
+                r = rx.recv() => match r {
+                    Some(r) => Some(r),
+                    None => return,
+                },
+            }
+        };
+        let Some(r) = next else {
+            if refresh(&cfg, &topo, &events, stale.take().as_ref()).await {
+                table_generation += 1;
+                generation.set(table_generation as f64);
+            }
+            continue;
+        };
+        match kind(&r.reply) {
+            Some(Kind::Moved(addr)) => {
+                moved.increment(1);
+                stale = Some(addr.clone());
+                if let Err(jobs) = send_to(&topo, &addr, r.lane, vec![r.job]).await {
+                    // A master this table does not know yet: learn the table now.
+                    if refresh(&cfg, &topo, &events, Some(&addr)).await {
+                        table_generation += 1;
+                        generation.set(table_generation as f64);
+                    }
+                    if let Err(jobs) = send_to(&topo, &addr, r.lane, jobs).await {
+                        give_up(jobs, &r.reply);
+                    }
+                }
+            }
+            Some(Kind::Ask(addr)) => {
+                ask.increment(1);
+                let asking = Job {
+                    parts: smallvec![Bytes::from_static(b"*1\r\n$6\r\nASKING\r\n")],
+                    framing: Framing::Redis,
+                    done: None,
+                };
+                if let Err(jobs) = send_to(&topo, &addr, r.lane, vec![asking, r.job]).await {
+                    if refresh(&cfg, &topo, &events, Some(&addr)).await {
+                        table_generation += 1;
+                        generation.set(table_generation as f64);
+                    }
+                    if let Err(jobs) = send_to(&topo, &addr, r.lane, jobs).await {
+                        give_up(jobs, &r.reply);
+                    }
+                }
+            }
+            Some(Kind::Again) => {
+                again.increment(1);
+                let attempts = match r.job.framing {
+                    Framing::RedisRetry(n) => n as u64,
+                    _ => 1,
+                };
+                let topo = topo.clone();
+                // A failover may be under way.
+                stale = stale.or(Some(r.from.clone()));
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(25 * attempts * attempts)).await;
+                    if let Err(jobs) = send_to(&topo, &r.from, r.lane, vec![r.job]).await {
+                        give_up(jobs, &r.reply);
+                    }
+                });
+            }
+            None => give_up(vec![r.job], &r.reply),
+        }
+    }
+}
+
+/// Ask for the table (`first`, then the current masters, then the seeds) and swap in a new
+/// topology when it changed. True when it did.
+async fn refresh(cfg: &ClusterConfig, topo: &SharedTopology, events: &HealthEvents, first: Option<&Addr>) -> bool {
+    let current = topo.load_full();
+    let mut nodes: Vec<Addr> = first.into_iter().cloned().collect();
+    for a in current.servers.iter().map(|s| &s.addr).chain(&cfg.seeds) {
+        if !nodes.contains(a) {
+            nodes.push(a.clone());
+        }
+    }
+    let table = match fetch_any(&nodes, current.pool.redis_auth.as_deref()).await {
+        Ok(t) => t,
+        Err(errors) => {
+            if let Some(suppressed) = crate::log_limit::allow(&format!("cluster table {}", current.pool.name)) {
+                tracing::warn!(pool = %current.pool.name, suppressed, "no node gave a slot table: {}", errors.join("; "));
+            }
+            return false;
+        }
+    };
+    // Another refresh or a reload may have swapped meanwhile: build on the latest.
+    let current = topo.load_full();
+    let Some(view) = &current.cluster else {
+        return false;
+    };
+    if view.table == table {
+        return false;
+    }
+    tracing::info!(
+        pool = %current.pool.name,
+        "cluster slot table changed: {} masters, {} slots served",
+        table.masters.len(),
+        table.served()
+    );
+    let view = Arc::new(ClusterView {
+        table,
+        hook: view.hook.clone(),
+    });
+    let next = Topology::build(
+        &current.pool,
+        current.tls.clone(),
+        Some(&current),
+        Some(events),
+        Some(view),
+    );
+    topo.store(Arc::new(next));
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(port: u16) -> Addr {
+        Addr::Tcp {
+            host: "127.0.0.1".into(),
+            port,
+        }
+    }
+
+    fn s(v: &str) -> Value {
+        Value::Str(Bytes::from(v.to_string()))
+    }
+
+    #[test]
+    fn redirections_parse() {
+        assert_eq!(kind(b"-MOVED 3999 127.0.0.1:6381\r\n"), Some(Kind::Moved(a(6381))));
+        assert_eq!(kind(b"-ASK 3999 127.0.0.1:6382\r\n"), Some(Kind::Ask(a(6382))));
+        assert_eq!(
+            kind(b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n"),
+            Some(Kind::Again)
+        );
+        assert_eq!(kind(b"-CLUSTERDOWN The cluster is down\r\n"), Some(Kind::Again));
+        assert_eq!(kind(b"-ERR wrong\r\n"), None);
+        assert_eq!(kind(b"-MOVED x 127.0.0.1:6381\r\n"), None);
+    }
+
+    #[test]
+    fn slots_reply_parses() {
+        // [[0, 5460, [ip, port, id]], [5461, 16383, ["", port, id], [replica]]]
+        let v = Value::Array(vec![
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(5460),
+                Value::Array(vec![s("127.0.0.1"), Value::Int(7001), s("id1")]),
+            ]),
+            Value::Array(vec![
+                Value::Int(5461),
+                Value::Int(16383),
+                Value::Array(vec![s(""), Value::Int(7000), s("id2")]),
+                Value::Array(vec![s("127.0.0.1"), Value::Int(7003), s("id3")]),
+            ]),
+        ]);
+        let t = parse_slots(&v, &a(7000)).unwrap();
+        assert_eq!(t.masters, vec![a(7000), a(7001)]);
+        assert_eq!(t.slots[0], 1);
+        assert_eq!(t.slots[5461], 0);
+        assert_eq!(t.served(), CLUSTER_SLOTS);
+    }
+
+    #[test]
+    fn shards_reply_parses() {
+        let node = |port: i64, role: &str| {
+            Value::Array(vec![
+                s("id"),
+                s("x"),
+                s("port"),
+                Value::Int(port),
+                s("ip"),
+                s("127.0.0.1"),
+                s("endpoint"),
+                s("127.0.0.1"),
+                s("role"),
+                s(role),
+                s("health"),
+                s("online"),
+            ])
+        };
+        let v = Value::Array(vec![
+            Value::Array(vec![
+                s("slots"),
+                Value::Array(vec![Value::Int(0), Value::Int(99), Value::Int(200), Value::Int(299)]),
+                s("nodes"),
+                Value::Array(vec![node(7003, "replica"), node(7000, "master")]),
+            ]),
+            Value::Array(vec![
+                s("slots"),
+                Value::Array(vec![]),
+                s("nodes"),
+                Value::Array(vec![node(7001, "master")]),
+            ]),
+        ]);
+        let t = parse_shards(&v, &a(7000)).unwrap();
+        assert_eq!(t.masters, vec![a(7000), a(7001)], "slotless masters are kept");
+        assert_eq!((t.slots[0], t.slots[250], t.slots[150]), (0, 0, UNSERVED));
+        assert_eq!(t.served(), 200);
+        let bad = Value::Array(vec![Value::Array(vec![
+            s("slots"),
+            Value::Array(vec![Value::Int(0), Value::Int(20000)]),
+            s("nodes"),
+            Value::Array(vec![node(7000, "master")]),
+        ])]);
+        assert_eq!(parse_shards(&bad, &a(7000)), None);
+    }
+}
