@@ -284,20 +284,17 @@ async fn subscribe(sentinel: Addr, auth: Option<String>, tx: mpsc::UnboundedSend
             c.send(&[b"SUBSCRIBE", b"+switch-master"]).await?;
             loop {
                 let v = c.read().await?;
-                match switch_message(&v) {
-                    Some(Ok((name, addr))) => {
-                        if tx.send(Event::Switch(name, addr)).is_err() {
-                            return Ok(());
-                        }
-                    }
+                let event = match switch_message(&v) {
+                    Some(Ok((name, addr))) => Some(Event::Switch(name, addr)),
                     Some(Err(e)) => return Err(e),
                     // The subscription is confirmed: anything missed before it is re-checked.
-                    None if is_subscribed(&v) => {
-                        if tx.send(Event::Recheck).is_err() {
-                            return Ok(());
-                        }
+                    None if is_subscribed(&v) => Some(Event::Recheck),
+                    None => None,
+                };
+                if let Some(e) = event {
+                    if tx.send(e).is_err() {
+                        return Ok(());
                     }
-                    None => {}
                 }
             }
         }
