@@ -410,3 +410,154 @@ fn connections_of_their_own_are_capped_per_server() {
     let v = c.words("RPUSH l2 y");
     assert_eq!(v, Value::Int(1));
 }
+
+/// `INFO`'s `blocked_clients` counts legate's clients blocked on a command, once the server has
+/// blocked them: what a client waiting for another to block reads (Redis's own test suite does).
+#[test]
+fn info_counts_the_clients_blocked_on_a_command() {
+    let s = setup();
+    let mut c = s.client();
+    let mut blocked = || {
+        let info = c.words("INFO clients").text();
+        info.lines()
+            .find_map(|l| l.strip_prefix("blocked_clients:"))
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .expect("INFO has blocked_clients")
+    };
+    assert_eq!(blocked(), 0);
+    let mut b = s.client();
+    b.send(&cmd("BLPOP queue 0"));
+    eventually("INFO says one client is blocked", || blocked() == 1);
+    let mut p = s.client();
+    p.expect(&cmd("RPUSH queue job"), b":1\r\n");
+    b.expect(b"", b"*2\r\n$5\r\nqueue\r\n$3\r\njob\r\n");
+    eventually("INFO says nobody is blocked", || blocked() == 0);
+}
+
+/// Pub/sub confirmations and messages are pushes, which Redis sends whatever `CLIENT REPLY`
+/// says; replies to other commands stay off.
+#[test]
+fn client_reply_off_keeps_pubsub_confirmations_and_messages() {
+    let s = setup();
+    let mut sub = s.client();
+    let mut p = s.client();
+    sub.send(&cmd("CLIENT REPLY OFF"));
+    sub.expect(&cmd("SUBSCRIBE news"), b"*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n");
+    p.expect(&cmd("PUBLISH news hi"), b":1\r\n");
+    sub.expect(b"", b"*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$2\r\nhi\r\n");
+    sub.expect(&cmd("PSUBSCRIBE n*"), b"*3\r\n$10\r\npsubscribe\r\n$2\r\nn*\r\n:2\r\n");
+    sub.expect(
+        &cmd("PUNSUBSCRIBE n*"),
+        b"*3\r\n$12\r\npunsubscribe\r\n$2\r\nn*\r\n:1\r\n",
+    );
+    sub.expect(
+        &cmd("UNSUBSCRIBE news"),
+        b"*3\r\n$11\r\nunsubscribe\r\n$4\r\nnews\r\n:0\r\n",
+    );
+    sub.send(&cmd("SET k v"));
+    sub.expect(&cmd("CLIENT REPLY ON"), b"+OK\r\n");
+}
+
+/// Once UNSUBSCRIBE is confirmed the servers have unsubscribed the client: a PUBLISH sent after
+/// the confirmation reaches nobody (legate used to confirm before the server had).
+#[test]
+fn a_publish_after_the_unsubscribe_confirmation_reaches_nobody() {
+    let s = setup();
+    let mut sub = s.client();
+    let mut p = s.client();
+    for i in 0..30 {
+        let ch = format!("ch{i}");
+        let bch = bulk(&ch);
+        sub.send(&cmd(&format!("SUBSCRIBE {ch} other")));
+        sub.expect(b"", format!("*3\r\n$9\r\nsubscribe\r\n{bch}:1\r\n").as_bytes());
+        sub.expect(b"", b"*3\r\n$9\r\nsubscribe\r\n$5\r\nother\r\n:2\r\n");
+        sub.expect(
+            &cmd(&format!("UNSUBSCRIBE {ch}")),
+            format!("*3\r\n$11\r\nunsubscribe\r\n{bch}:1\r\n").as_bytes(),
+        );
+        p.expect(&cmd(&format!("PUBLISH {ch} x")), b":0\r\n");
+        // Unsubscribing from everything closes the subscribed connections, after the servers
+        // have confirmed.
+        sub.expect(
+            &cmd("UNSUBSCRIBE"),
+            b"*3\r\n$11\r\nunsubscribe\r\n$5\r\nother\r\n:0\r\n",
+        );
+        p.expect(&cmd("PUBLISH other x"), b":0\r\n");
+    }
+}
+
+/// SCRIPT KILL reaches a busy script although the script's client shares legate's connection
+/// to the server (it used to wait behind the script there, for ever). Clients land on either
+/// of legate's two workers: six rounds make a shared connection all but certain.
+#[test]
+fn script_kill_stops_a_busy_script_whatever_connection_it_runs_on() {
+    let backend = common::redis_server_with(free_port(), &["--lua-time-limit", "10"]);
+    let port = free_port();
+    let legate = legate(&pool_yaml("k", port, true, &[backend.port], ""), port);
+    for _ in 0..6 {
+        let mut a = Client::connect(legate.proc.port);
+        let script = "while true do end";
+        a.send(format!("*3\r\n$4\r\nEVAL\r\n${}\r\n{script}\r\n$1\r\n0\r\n", script.len()).as_bytes());
+        let mut k = Client::connect(legate.proc.port);
+        k.r.get_ref().set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        eventually("SCRIPT KILL answers OK", || {
+            k.send(&cmd("SCRIPT KILL"));
+            let line = String::from_utf8(k.line()).unwrap();
+            assert!(line == "+OK\r\n" || line.starts_with("-NOTBUSY"), "{line}");
+            line == "+OK\r\n"
+        });
+        let killed = String::from_utf8(a.line()).unwrap();
+        assert!(killed.contains("Script killed by user"), "{killed}");
+    }
+}
+
+/// CLIENT UNBLOCK (with legate's CLIENT ID) unblocks a client blocked through legate: the
+/// server holding its connection does it, and answers.
+#[test]
+fn client_unblock_unblocks_a_client_blocked_through_legate() {
+    let s = setup();
+    let shard = s.shard_of("q");
+    let mut b = s.client();
+    let id = b.words("CLIENT ID").int();
+    let mut c = s.client();
+    c.expect(&cmd(&format!("CLIENT UNBLOCK {id}")), b":0\r\n");
+    b.send(&cmd("BLPOP q 0"));
+    eventually("blocked", || s.blocked_on(shard) == 1);
+    c.expect(&cmd(&format!("CLIENT UNBLOCK {id}")), b":1\r\n");
+    b.expect(b"", b"*-1\r\n");
+    b.send(&cmd("BLPOP q 0"));
+    eventually("blocked again", || s.blocked_on(shard) == 1);
+    c.expect(&cmd(&format!("CLIENT UNBLOCK {id} ERROR")), b":1\r\n");
+    b.expect(b"", b"-UNBLOCKED client unblocked via CLIENT UNBLOCK\r\n");
+    c.expect(
+        &cmd("CLIENT UNBLOCK abc"),
+        b"-ERR value is not an integer or out of range\r\n",
+    );
+    c.expect(
+        &cmd(&format!("CLIENT UNBLOCK {id} LATER")),
+        b"-ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR\r\n",
+    );
+    // Still an ordinary blocked client afterwards.
+    b.send(&cmd("BLPOP q 0"));
+    eventually("blocked a third time", || s.blocked_on(shard) == 1);
+    c.expect(&cmd("RPUSH q x"), b":1\r\n");
+    b.expect(b"", b"*2\r\n$1\r\nq\r\n$1\r\nx\r\n");
+}
+
+/// SAVE and SHUTDOWN inside MULTI get Redis's own refusal (they are `no-multi` there), and EXEC
+/// aborts.
+#[test]
+fn no_multi_commands_are_refused_in_redis_words() {
+    let s = setup();
+    let mut c = s.client();
+    for command in ["SAVE", "SHUTDOWN"] {
+        c.expect(&cmd("MULTI"), b"+OK\r\n");
+        c.expect(&cmd("SET foo bar"), b"+QUEUED\r\n");
+        c.expect(&cmd(command), b"-ERR Command not allowed inside a transaction\r\n");
+        c.expect(
+            &cmd("EXEC"),
+            b"-EXECABORT Transaction discarded because of previous errors.\r\n",
+        );
+        c.expect(&cmd("GET foo"), b"$-1\r\n");
+    }
+}

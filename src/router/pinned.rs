@@ -16,14 +16,19 @@
 //! keys on that shard), with no deadline: the command's timeout is the server's to honour. The
 //! session reads no further request until the reply comes, as Redis reads nothing more from a
 //! blocked client; if the client disconnects meanwhile the pin is closed, not returned, so the
-//! server cannot pop an element for a client that has gone.
+//! server cannot pop an element for a client that has gone. A blocked client is registered
+//! under its `CLIENT ID` so that `CLIENT UNBLOCK` from another client of the pool reaches the
+//! server connection that holds it ([`client_unblock`]). SCRIPT KILL / FUNCTION KILL also go
+//! on pins: the busy script may run on a shared connection, where they would wait behind it.
 //!
 //! **Pub/sub.** A channel is placed like a key, so a publisher and a subscriber meet on one
 //! shard; a pattern is subscribed on every shard. Subscribing waits for the server's
 //! confirmation (so a message published right after cannot be missed) and answers with
 //! legate's own confirmation, counting the client's subscriptions over every shard.
-//! Unsubscribing is answered here at once, and messages for a channel the client has left are
-//! dropped. A RESP2 client with subscriptions may send only the (un)subscribe commands, PING,
+//! Unsubscribing waits for the servers' confirmations too (a PUBLISH sent after the reply no
+//! longer reaches the client); messages for a channel the client has left are dropped, and once
+//! nothing is left the connections close when every reply owed has come ([`Pinning::settled`]).
+//! Confirmations and messages are pushes: `CLIENT REPLY OFF|SKIP` does not silence them. A RESP2 client with subscriptions may send only the (un)subscribe commands, PING,
 //! QUIT and RESET; a RESP3 client sends anything, pushes interleaved with replies. A subscribed
 //! connection that is lost (or whose server leaves the pool) closes the client, as a restarted
 //! Redis would: client libraries reconnect and subscribe again.
@@ -40,9 +45,10 @@ use crate::topology::Topology;
 use crate::upstream::{Framing, Job, Pin, Sink, UpstreamError};
 use bytes::{BufMut, Bytes, BytesMut};
 use smallvec::{smallvec, SmallVec};
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, LazyLock, Mutex};
 
 /// Which connections the session's last request used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -66,6 +72,8 @@ pub struct Pinning {
     stats: Option<Arc<PoolStats>>,
     counted_tx: bool,
     counted_subs: i64,
+    /// The `CLIENT ID` under which its blocking command is in [`BLOCKED`].
+    blocked_as: Option<u64>,
 }
 
 impl std::fmt::Debug for Pinning {
@@ -154,14 +162,22 @@ impl Pinning {
         }
     }
 
-    /// The blocking command has been answered: its pin goes back to the worker's idle ones.
+    /// The blocking command has been answered: its pin goes back to the worker's idle ones
+    /// (or closes, when a CLIENT UNBLOCK for it may still be on its way to the server).
     fn unblock(&mut self, topo: &Topology) {
         if let Some(b) = self.blocked.take() {
             if let Some(st) = &self.stats {
                 st.blocked_clients.fetch_sub(1, Relaxed);
             }
+            let targeted = self
+                .blocked_as
+                .take()
+                .and_then(unregister)
+                .is_some_and(|u| u.targeted.load(Relaxed));
             if let Blocked::Own(pin) = b {
-                unpin(topo, pin);
+                if !targeted {
+                    unpin(topo, pin);
+                }
             }
         }
     }
@@ -212,6 +228,9 @@ impl Pinning {
 
 impl Drop for Pinning {
     fn drop(&mut self) {
+        if let Some(id) = self.blocked_as.take() {
+            unregister(id);
+        }
         if let Some(st) = &self.stats {
             if self.counted_tx {
                 st.transaction_clients.fetch_sub(1, Relaxed);
@@ -397,6 +416,8 @@ fn in_multi(
         ))
     };
     let target = match cmd.route {
+        // Redis's `no-multi` commands: refused there with its own words.
+        _ if matches!(cmd.name, "save" | "shutdown" | "sync" | "psync") => Err(not_here()),
         Route::Refused(why) => Err(redis_error(format!(
             "unsupported command '{}': {why}",
             display_name(cmd)
@@ -762,11 +783,14 @@ pub(super) fn blocking(
     }
     let bytes = resp_frame(frame, req);
     let stats = p.stats(topo);
-    let slot = match &p.tx {
+    let id = session.id();
+    let p = &mut session.pinning;
+    let (slot, conn_id) = match &p.tx {
         Some(pin) => {
             let slot = send(topo, q, pin, bytes);
+            let conn_id = pin.conn_id();
             p.blocked = Some(Blocked::OnTx);
-            slot
+            (slot, conn_id)
         }
         None => {
             let pin = match take_pin(topo, s, session.resp3) {
@@ -774,12 +798,90 @@ pub(super) fn blocking(
                 Err(slot) => return slot,
             };
             let slot = send(topo, q, &pin, bytes);
+            let conn_id = pin.conn_id();
             p.blocked = Some(Blocked::Own(pin));
-            slot
+            (slot, conn_id)
         }
     };
+    lock_blocked().insert(
+        id,
+        Unblocker {
+            pool: Arc::as_ptr(&stats) as usize,
+            server_id: topo.servers[s].id,
+            conn_id,
+            targeted: Arc::new(AtomicBool::new(false)),
+        },
+    );
+    p.blocked_as = Some(id);
     stats.blocked_clients.fetch_add(1, Relaxed);
     slot
+}
+
+/// How to reach a blocked client's server connection, for `CLIENT UNBLOCK`.
+struct Unblocker {
+    /// Its pool ([`PoolStats`] address): a client unblocks only clients of its own pool.
+    pool: usize,
+    server_id: u64,
+    /// The server's id of the connection (0 while unknown).
+    conn_id: Arc<AtomicU64>,
+    /// A CLIENT UNBLOCK was sent for it: its connection is not reused (the unblock could
+    /// reach the server after the reply, and unblock the connection's next client).
+    targeted: Arc<AtomicBool>,
+}
+
+/// Clients blocked on a command, by legate `CLIENT ID` (unique in the process).
+static BLOCKED: LazyLock<Mutex<HashMap<u64, Unblocker>>> = LazyLock::new(Default::default);
+
+fn lock_blocked() -> std::sync::MutexGuard<'static, HashMap<u64, Unblocker>> {
+    BLOCKED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn unregister(id: u64) -> Option<Unblocker> {
+    lock_blocked().remove(&id)
+}
+
+/// `CLIENT UNBLOCK id [TIMEOUT|ERROR]`: the blocked client's own server connection is unblocked
+/// by the server that holds it, which answers (`:1`, or `:0` when it was no longer blocked).
+pub(super) fn client_unblock(
+    topo: &Topology,
+    q: &Arc<Replies>,
+    out: &mut crate::upstream::Outbox,
+    frame: &Bytes,
+    req: &redis::Request,
+    session: &mut super::RedisSession,
+) -> Slot {
+    let argc = req.args.len();
+    let arg = |i: usize| &frame[req.args[i].clone()];
+    if !(3..=4).contains(&argc) {
+        return wrong_args(b"client|unblock");
+    }
+    let Some(id) = std::str::from_utf8(arg(2)).ok().and_then(|t| t.parse::<i64>().ok()) else {
+        return redis_error("value is not an integer or out of range".into());
+    };
+    let reason: &[u8] = match argc {
+        3 => b"TIMEOUT",
+        _ if arg(3).eq_ignore_ascii_case(b"timeout") => b"TIMEOUT",
+        _ if arg(3).eq_ignore_ascii_case(b"error") => b"ERROR",
+        _ => return redis_error("CLIENT UNBLOCK reason should be TIMEOUT or ERROR".into()),
+    };
+    let target = u64::try_from(id).ok().and_then(|id| {
+        let reg = lock_blocked();
+        let u = reg.get(&id)?;
+        let conn = u.conn_id.load(Relaxed);
+        if u.pool != Arc::as_ptr(&topo.stats) as usize || conn == 0 {
+            return None;
+        }
+        let s = topo.servers.iter().position(|s| s.id == u.server_id)?;
+        u.targeted.store(true, Relaxed);
+        Some((s, conn))
+    });
+    let Some((s, conn)) = target else {
+        topo.stats.request(Class::Proxy);
+        return ready(b":0\r\n");
+    };
+    let conn = conn.to_string();
+    let bytes = command(&[b"CLIENT", b"UNBLOCK", conn.as_bytes(), reason]);
+    super::send_one(topo, q, out, s, session.lane(), smallvec![bytes], Framing::Redis)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -91,6 +91,11 @@ impl RedisSession {
         }
     }
 
+    /// Its `CLIENT ID`.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     /// Back to a new connection's state (`RESET`), keeping the id.
     fn reset(&mut self) {
         *self = RedisSession::fresh(self.id, self.since);
@@ -342,6 +347,9 @@ fn answer_named(
         },
         b"auth" => auth(topo, session, argc, arg),
         b"hello" => hello(topo, session, argc, arg),
+        b"client" if argc >= 2 && arg(1).eq_ignore_ascii_case(b"unblock") => {
+            Some(super::pinned::client_unblock(topo, q, out, frame, req, session))
+        }
         b"client" => client(session, argc, arg),
         b"command" => {
             // The server's own table (and its reply in this client's protocol) is the answer.
@@ -544,7 +552,7 @@ fn client<'a>(session: &mut RedisSession, argc: usize, arg: impl Fn(usize) -> &'
             }
             ready(OK)
         }),
-        "kill" | "pause" | "unpause" | "tracking" | "trackinginfo" | "caching" | "getredir" | "unblock" => err(
+        "kill" | "pause" | "unpause" | "tracking" | "trackinginfo" | "caching" | "getredir" => err(
             &format!(
                 "CLIENT {} is not served by legate: it acts on a server's own connections, which legate shares between its clients",
                 sub.to_ascii_uppercase()

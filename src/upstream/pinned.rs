@@ -11,8 +11,11 @@
 //! while blocked must not leave a connection on which the server could still pop an element
 //! for it. A session that ends its pinned state cleanly (EXEC, DISCARD, UNWATCH, the reply to a
 //! blocking command) hands the pin back with [`Server::unpin`]; a few are kept per worker for
-//! the next client. Every pin, idle ones included, counts towards the server's
+//! the next client, and once a worker has used one it keeps a spare connected, so the next
+//! blocking command starts at once. Every pin, idle ones included, counts towards the server's
 //! `max_pinned_connections`. When the server leaves the topology (a reload), its pins close.
+//! A request pin asks `CLIENT ID` first (pipelined ahead of its first request), for
+//! `CLIENT UNBLOCK` to name the connection while it is blocked.
 //!
 //! A pub/sub pin ([`Sink`]) has no requests to pair replies with: every frame the server sends
 //! goes to the sink (the session's subscription state), and its loss is reported there.
@@ -55,6 +58,9 @@ pub struct Pin {
     task: tokio::task::AbortHandle,
     /// The server's count of pins, for `max_pinned_connections`.
     count: Arc<AtomicI64>,
+    /// The server's `CLIENT ID` for this connection (0 until known): what `CLIENT UNBLOCK`
+    /// names there.
+    conn_id: Arc<AtomicU64>,
 }
 
 impl Pin {
@@ -68,6 +74,12 @@ impl Pin {
     /// will be answered.
     pub fn is_dead(&self) -> bool {
         self.dead.load(Ordering::Relaxed)
+    }
+
+    /// The server's id of this connection (`CLIENT ID` there), shared with whoever may need it
+    /// while the pin is busy; 0 while unknown.
+    pub fn conn_id(&self) -> Arc<AtomicU64> {
+        self.conn_id.clone()
     }
 }
 
@@ -100,17 +112,23 @@ impl Server {
     /// # Errors
     /// The server already has `max_pinned_connections`.
     pub fn pin(&self, resp3: bool, sink: Option<Arc<dyn Sink>>) -> Result<Pin, PinRefused> {
-        if sink.is_none() {
-            if let Some(w) = self.conns.get(crate::workers::current()) {
-                let mut idle = w.idle.lock().unwrap_or_else(|e| e.into_inner());
-                while let Some(i) = idle.iter().position(|p| p.resp3 == resp3) {
-                    let p = idle.swap_remove(i);
-                    if !p.is_dead() {
-                        return Ok(p);
-                    }
-                }
-            }
+        let request = sink.is_none();
+        let idle = if request { self.idle_pin(resp3) } else { None };
+        let pin = match idle {
+            Some(pin) => pin,
+            None => self.new_pin(resp3, sink)?,
+        };
+        if request {
+            // Keep one spare connected for the next client of this worker: its blocking command
+            // then starts at once instead of after a connect, and so reaches the server before
+            // what other clients send after it.
+            self.spare(resp3);
         }
+        Ok(pin)
+    }
+
+    /// A new pin, within `max_pinned_connections` (closing an idle one to make room).
+    fn new_pin(&self, resp3: bool, sink: Option<Arc<dyn Sink>>) -> Result<Pin, PinRefused> {
         let count = self.pinned.clone();
         if count.fetch_add(1, Ordering::Relaxed) >= self.target.max_pinned as i64 {
             count.fetch_sub(1, Ordering::Relaxed);
@@ -135,10 +153,42 @@ impl Server {
         )))
     }
 
+    /// An idle request pin of the calling worker.
+    fn idle_pin(&self, resp3: bool) -> Option<Pin> {
+        let w = self.conns.get(crate::workers::current())?;
+        let mut idle = w.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(i) = idle.iter().position(|p| p.resp3 == resp3) {
+            let p = idle.swap_remove(i);
+            if !p.is_dead() {
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    /// Start a spare request pin for the calling worker unless it has an idle one or the
+    /// server is at `max_pinned_connections` (where an idle pin is closed to make room anyway).
+    fn spare(&self, resp3: bool) {
+        let Some(w) = self.conns.get(crate::workers::current()) else {
+            return;
+        };
+        let mut idle = w.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.iter().any(|p| p.resp3 == resp3 && !p.is_dead()) {
+            return;
+        }
+        let count = self.pinned.clone();
+        if count.fetch_add(1, Ordering::Relaxed) >= self.target.max_pinned as i64 {
+            count.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        idle.push(self.spawn_pin(resp3, None, count));
+    }
+
     /// Start a new pin's connection task on the calling worker; `count` already counts it.
     fn spawn_pin(&self, resp3: bool, sink: Option<Arc<dyn Sink>>, count: Arc<AtomicI64>) -> Pin {
         let (tx, rx) = mpsc::unbounded_channel();
         let dead = Arc::new(AtomicBool::new(false));
+        let conn_id = Arc::new(AtomicU64::new(0));
         let stream = sink.is_some();
         let task = tokio::spawn(run_pin(
             self.target.clone(),
@@ -149,6 +199,7 @@ impl Server {
             dead.clone(),
             sink.map(|s| (s, self.id)),
             self.stats.clone(),
+            conn_id.clone(),
         ));
         Pin {
             server_id: self.id,
@@ -158,6 +209,7 @@ impl Server {
             dead,
             task: task.abort_handle(),
             count,
+            conn_id,
         }
     }
 
@@ -212,6 +264,7 @@ async fn run_pin(
     dead: Arc<AtomicBool>,
     sink: Option<(Arc<dyn Sink>, u64)>,
     stats: Arc<super::ServerStats>,
+    conn_id: Arc<AtomicU64>,
 ) {
     let _live = Connected::new(stats.clone());
     let lost = UpstreamError::Lost {
@@ -228,7 +281,7 @@ async fn run_pin(
             return;
         }
     };
-    let stream = match connected {
+    let mut stream = match connected {
         Ok(s) => s,
         Err(f) => {
             connect_failed(&health, &t.label, &f);
@@ -245,6 +298,15 @@ async fn run_pin(
         }
     };
     health.success();
+    if sink.is_none() {
+        // Its reply is read first by the reader below; requests go right behind it.
+        use tokio::io::AsyncWriteExt;
+        if stream.write_all(b"*2\r\n$6\r\nCLIENT\r\n$2\r\nID\r\n").await.is_err() {
+            dead.store(true, Ordering::Relaxed);
+            fail_queued(&mut rx, &lost);
+            return;
+        }
+    }
     let (rd, mut wr) = stream.into_split();
     let mut batch: Vec<Job> = Vec::with_capacity(16);
     let mut out: VecDeque<Bytes> = VecDeque::new();
@@ -252,21 +314,27 @@ async fn run_pin(
         None => {
             let pending: Arc<Queue<Pending>> = Arc::new(Queue::new(usize::MAX));
             let ended = Arc::new(std::sync::Mutex::new(None));
-            let _reader = AbortOnDrop(tokio::spawn(read_replies(
-                rd,
-                pending.clone(),
-                Reading {
-                    label: t.label.clone(),
-                    health: health.clone(),
-                    timeouts: false,
-                    max_reply: t.max_reply,
-                    ended,
-                    // A pinned session's replies, redirections included, are the client's.
-                    redirect: None,
-                    addr: t.addr.clone(),
-                    lane: super::Lane::Default,
-                },
-            )));
+            let reading = Reading {
+                label: t.label.clone(),
+                health: health.clone(),
+                timeouts: false,
+                max_reply: t.max_reply,
+                ended,
+                // A pinned session's replies, redirections included, are the client's.
+                redirect: None,
+                addr: t.addr.clone(),
+                lane: super::Lane::Default,
+            };
+            let replies = pending.clone();
+            let _reader = AbortOnDrop(tokio::spawn(async move {
+                let mut rd = rd;
+                // The CLIENT ID sent at connect, so that CLIENT UNBLOCK can name this connection
+                // while it is blocked (0 if refused: CLIENT UNBLOCK then answers 0).
+                if let Some(id) = client_id(&mut rd).await {
+                    conn_id.store(id, Ordering::Relaxed);
+                }
+                read_replies(rd, replies, reading).await
+            }));
             let mut handed: Vec<Pending> = Vec::new();
             loop {
                 tokio::select! {
@@ -329,6 +397,24 @@ async fn run_pin(
             dead.store(true, Ordering::Relaxed);
         }
     }
+}
+
+/// Read the reply to `CLIENT ID` (one line), byte by byte so that nothing after it is taken
+/// from the replies that follow: the id, or `None` when the server refused it (an ACL may) or
+/// the line is not one.
+async fn client_id<R: AsyncRead + Unpin>(rd: &mut R) -> Option<u64> {
+    let mut line = Vec::with_capacity(24);
+    while !line.ends_with(b"\r\n") {
+        if line.len() >= 4096 {
+            return None;
+        }
+        let mut b = [0u8; 1];
+        rd.read_exact(&mut b).await.ok()?;
+        line.push(b[0]);
+    }
+    line.strip_prefix(b":")
+        .and_then(|r| r.strip_suffix(b"\r\n"))
+        .and_then(crate::protocol::parse_u64)
 }
 
 /// Frame every reply the server sends and hand it to `sink`, until the connection ends; why.
