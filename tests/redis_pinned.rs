@@ -251,10 +251,11 @@ fn commands_pipelined_behind_a_blocking_one_wait_for_it() {
     let s = setup();
     let mut c = s.client();
     let mut pusher = s.client();
+    // Before the BLPOP: shard_of writes the key, which would make a BLPOP behind it fail.
+    let shard = s.shard_of("work{w}");
     let mut pipeline = cmd("BLPOP work{w} 0");
     pipeline.extend(cmd("GET after{w}"));
     c.send(&pipeline);
-    let shard = s.shard_of("work{w}");
     eventually("blocked", || s.blocked_on(shard) == 1);
     pusher.expect(&cmd("SET after{w} set-later"), b"+OK\r\n");
     pusher.expect(&cmd("RPUSH work{w} item"), b":1\r\n");
