@@ -11,12 +11,24 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+/// A free port whose cluster bus port (+10 000) is free too and below the kernel's ephemeral
+/// range (32768 and up), where an outgoing connection's source port could take it: a node whose
+/// bus port is taken exits at start.
+fn cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port < 22_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// Six nodes, three masters with a replica each, all slots served and agreed on.
 fn cluster() -> Vec<Proc> {
     let cli = require("redis-cli", "redis-tools");
     let nodes: Vec<Proc> = (0..6)
         .map(|_| {
-            let port = free_port();
+            let port = cluster_port();
             let dir = common::scratch_dir();
             common::redis_server_with(
                 port,
