@@ -788,11 +788,7 @@ fn wrong_args(name: &[u8]) -> Slot {
 
 fn bulk(v: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(v.len() + 16);
-    b.put_u8(b'$');
-    redis::put_decimal(&mut b, v.len() as i64);
-    b.put_slice(b"\r\n");
-    b.put_slice(v);
-    b.put_slice(b"\r\n");
+    redis::put_bulk(&mut b, v);
     b.freeze()
 }
 

@@ -4,7 +4,7 @@
 //! Shard replies are read in either protocol (a RESP3 client's requests may travel on RESP3
 //! connections): bulk or verbatim strings, `$-1` / `*-1` / `_` nulls, arrays, sets and pushes alike.
 
-use crate::protocol::redis::{put_decimal, Fan};
+use crate::protocol::redis::{put_bulk, put_decimal, Fan};
 use bytes::{BufMut, Bytes, BytesMut};
 
 const UNEXPECTED: &[u8] = b"-ERR unexpected reply from a shard\r\n";
@@ -96,14 +96,6 @@ fn int_reply(n: i64) -> Bytes {
     put_decimal(&mut b, n);
     b.put_slice(b"\r\n");
     b.freeze()
-}
-
-fn put_bulk(b: &mut BytesMut, s: &[u8]) {
-    b.put_u8(b'$');
-    put_decimal(b, s.len() as i64);
-    b.put_slice(b"\r\n");
-    b.put_slice(s);
-    b.put_slice(b"\r\n");
 }
 
 fn null(resp3: bool) -> Bytes {

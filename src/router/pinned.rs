@@ -246,6 +246,14 @@ impl Drop for Pinning {
     }
 }
 
+/// The name of the server whose id is `id`, for error texts ("another shard" once it has left).
+fn server_name(topo: &Topology, id: u64) -> &str {
+    topo.servers
+        .iter()
+        .find(|x| x.id == id)
+        .map_or("another shard", |x| &x.name)
+}
+
 /// Hand a pin whose state ended cleanly back to its server (closed when the server has left).
 fn unpin(topo: &Topology, pin: Pin) {
     if let Some(s) = topo.servers.iter().find(|s| s.id == pin.server_id) {
@@ -360,7 +368,7 @@ pub(super) fn intercept(
             };
             let mut b = BytesMut::with_capacity(payload.len() + 32);
             b.put_slice(b"*2\r\n$4\r\npong\r\n");
-            put_bulk(&mut b, payload);
+            redis::put_bulk(&mut b, payload);
             topo.stats.request(Class::Proxy);
             Ok(Slot::Ready(b.freeze()))
         }
@@ -451,11 +459,7 @@ fn in_multi(
     let p = &mut session.pinning;
     if let (Some(s), Some(pin)) = (target, &p.tx) {
         if pin.server_id != topo.servers[s].id {
-            let on = topo
-                .servers
-                .iter()
-                .find(|x| x.id == pin.server_id)
-                .map_or("another shard", |x| &x.name);
+            let on = server_name(topo, pin.server_id);
             let msg = format!(
                 "-CROSSSLOT '{}' is for {}, and this transaction runs on {}: not queued, EXEC will abort (a hash tag like {{user1}} keeps keys together)\r\n",
                 display_name(cmd),
@@ -693,11 +697,7 @@ fn watch(
     if let Some(pin) = &p.tx {
         if pin.server_id != topo.servers[s].id {
             topo.stats.request(Class::Unsupported);
-            let on = topo
-                .servers
-                .iter()
-                .find(|x| x.id == pin.server_id)
-                .map_or("another shard", |x| &x.name);
+            let on = server_name(topo, pin.server_id);
             return Slot::Ready(Bytes::from(format!(
                 "-CROSSSLOT WATCH: these keys are on {}, and this client already watches keys on {} (a transaction runs on one shard; a hash tag like {{user1}} keeps keys together)\r\n",
                 topo.servers[s].name, on
@@ -1097,20 +1097,12 @@ impl Sink for Mux {
     }
 }
 
-fn put_bulk(b: &mut BytesMut, v: &[u8]) {
-    b.put_u8(b'$');
-    redis::put_decimal(b, v.len() as i64);
-    b.put_slice(b"\r\n");
-    b.put_slice(v);
-    b.put_slice(b"\r\n");
-}
-
 /// A (un)subscribe confirmation as Redis sends it: a push in RESP3, an array in RESP2.
 fn put_confirmation(b: &mut BytesMut, resp3: bool, kind: &[u8], name: Option<&[u8]>, count: usize) {
     b.put_slice(if resp3 { b">3\r\n" } else { b"*3\r\n" });
-    put_bulk(b, kind);
+    redis::put_bulk(b, kind);
     match name {
-        Some(n) => put_bulk(b, n),
+        Some(n) => redis::put_bulk(b, n),
         None => b.put_slice(if resp3 { b"_\r\n" } else { b"$-1\r\n" }),
     }
     b.put_u8(b':');

@@ -170,18 +170,8 @@ fn arity(name: &str) -> Option<Slot> {
     err(&format!("wrong number of arguments for '{name}' command"))
 }
 
-fn put_bulk(b: &mut BytesMut, v: &[u8]) {
-    b.put_u8(b'$');
-    redis::put_decimal(b, v.len() as i64);
-    b.put_slice(b"\r\n");
-    b.put_slice(v);
-    b.put_slice(b"\r\n");
-}
-
 fn bulk(v: &[u8]) -> Option<Slot> {
-    let mut b = BytesMut::with_capacity(v.len() + 16);
-    put_bulk(&mut b, v);
-    Some(Slot::Ready(b.freeze()))
+    Some(Slot::Ready(super::bulk(v)))
 }
 
 /// Text as Redis sends `CLIENT INFO`: a verbatim string in RESP3, a bulk string in RESP2.
@@ -202,21 +192,21 @@ fn verbatim(resp3: bool, text: &str) -> Option<Slot> {
 fn hello_reply(s: &RedisSession) -> Bytes {
     let mut b = BytesMut::with_capacity(160);
     b.put_slice(if s.resp3 { b"%7\r\n" } else { b"*14\r\n" });
-    put_bulk(&mut b, b"server");
-    put_bulk(&mut b, b"redis");
-    put_bulk(&mut b, b"version");
-    put_bulk(&mut b, REDIS_VERSION.as_bytes());
-    put_bulk(&mut b, b"proto");
+    redis::put_bulk(&mut b, b"server");
+    redis::put_bulk(&mut b, b"redis");
+    redis::put_bulk(&mut b, b"version");
+    redis::put_bulk(&mut b, REDIS_VERSION.as_bytes());
+    redis::put_bulk(&mut b, b"proto");
     b.put_slice(if s.resp3 { b":3\r\n" } else { b":2\r\n" });
-    put_bulk(&mut b, b"id");
+    redis::put_bulk(&mut b, b"id");
     b.put_u8(b':');
     redis::put_decimal(&mut b, s.id as i64);
     b.put_slice(b"\r\n");
-    put_bulk(&mut b, b"mode");
-    put_bulk(&mut b, b"standalone");
-    put_bulk(&mut b, b"role");
-    put_bulk(&mut b, b"master");
-    put_bulk(&mut b, b"modules");
+    redis::put_bulk(&mut b, b"mode");
+    redis::put_bulk(&mut b, b"standalone");
+    redis::put_bulk(&mut b, b"role");
+    redis::put_bulk(&mut b, b"master");
+    redis::put_bulk(&mut b, b"modules");
     b.put_slice(b"*0\r\n");
     b.freeze()
 }

@@ -187,6 +187,15 @@ pub fn encode_command<'a>(out: &mut bytes::BytesMut, args: impl ExactSizeIterato
     }
 }
 
+/// Append a bulk string (`$len`, the bytes, CRLF).
+pub fn put_bulk(out: &mut bytes::BytesMut, v: &[u8]) {
+    out.extend_from_slice(b"$");
+    put_decimal(out, v.len() as i64);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(v);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Append a decimal integer.
 pub fn put_decimal(out: &mut bytes::BytesMut, v: i64) {
     let mut b = itoa::Buffer::new();
