@@ -87,8 +87,9 @@ async fn forward(client: Stream, server: Stream, stats: &ServerStats) {
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
     let _ = tokio::try_join!(
-        pump(&mut cr, &mut sw, &stats.request_bytes),
-        pump(&mut sr, &mut cw, &stats.response_bytes),
+        // Counted on this worker's counters: the connection's task never leaves its worker.
+        pump(&mut cr, &mut sw, &stats.hot().request_bytes),
+        pump(&mut sr, &mut cw, &stats.hot().response_bytes),
     );
 }
 

@@ -1,7 +1,10 @@
 //! The proxy's own counters.
 //!
 //! The request path only does relaxed atomic adds on [`PoolStats`] and [`ServerStats`], created
-//! once per pool and server (at start and reload). Scrapes copy them into the `metrics` facade
+//! once per pool and server (at start and reload). The counters every request touches (requests
+//! by class, a server's requests, bytes, replies, in-flight count and latency histograms) are
+//! kept per worker ([`PerWorker`]), each worker's on cache lines of its own, and summed when read:
+//! workers serving the same server never write the same cache line. Scrapes copy them into the `metrics` facade
 //! handles (made at the same time), which the Prometheus exporter renders; the twemproxy-style
 //! `/stats` JSON reads the same atomics, so both views always agree.
 //!
@@ -40,6 +43,53 @@ fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
+/// One copy of `T` per worker thread, each aligned to its own cache lines (128 bytes: adjacent
+/// lines are fetched in pairs), so that workers counting the same thing never write the same
+/// line. A worker writes its own copy ([`PerWorker::mine`]); readers add up every copy.
+#[derive(Debug)]
+pub struct PerWorker<T> {
+    slots: Box<[Padded<T>]>,
+}
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T: Default> Default for PerWorker<T> {
+    /// A copy for each of [`crate::workers::count`] workers (one before they start).
+    fn default() -> Self {
+        PerWorker {
+            slots: (0..crate::workers::count()).map(|_| Padded::default()).collect(),
+        }
+    }
+}
+
+impl<T> PerWorker<T> {
+    /// The calling worker's copy (threads that are not workers share the first worker's).
+    #[inline]
+    pub fn mine(&self) -> &T {
+        &self.slots[crate::workers::current() % self.slots.len()].0
+    }
+
+    /// Every worker's copy.
+    pub fn all(&self) -> impl Iterator<Item = &T> {
+        self.slots.iter().map(|p| &p.0)
+    }
+
+    /// The sum over workers of the counter `f` picks.
+    pub fn sum(&self, f: impl Fn(&T) -> &AtomicU64) -> u64 {
+        self.all()
+            .map(|t| f(t).load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
+    }
+
+    /// The sum over workers of the gauge `f` picks (one worker may add what another takes
+    /// away, so a copy can be negative; the sum cannot).
+    pub fn sum_i64(&self, f: impl Fn(&T) -> &AtomicI64) -> i64 {
+        self.all().map(|t| f(t).load(Ordering::Relaxed)).sum()
+    }
+}
+
 /// Per pool.
 #[derive(Debug)]
 pub struct PoolStats {
@@ -53,7 +103,8 @@ pub struct PoolStats {
     pub server_ejects: AtomicU64,
     /// Clients whose TLS handshake failed or timed out (`listen_tls`).
     pub client_tls_err: AtomicU64,
-    pub requests: [AtomicU64; 5],
+    /// Requests by [`Class`], per worker.
+    pub requests: PerWorker<[AtomicU64; 5]>,
     /// Redis clients waiting on a blocking command (BLPOP, XREAD BLOCK …) now.
     pub blocked_clients: AtomicI64,
     /// Redis clients holding a connection of their own for WATCH / MULTI now.
@@ -127,7 +178,12 @@ impl PoolStats {
 
     #[inline]
     pub fn request(&self, class: Class) {
-        add(&self.requests[class as usize], 1);
+        add(&self.requests.mine()[class as usize], 1);
+    }
+
+    /// Requests of `class` over every worker.
+    pub fn requests(&self, class: Class) -> u64 {
+        self.requests.sum(|r| &r[class as usize])
     }
 
     #[inline]
@@ -147,8 +203,8 @@ impl PoolStats {
         h.fragments.absolute(self.fragments.load(Ordering::Relaxed));
         h.server_ejects.absolute(self.server_ejects.load(Ordering::Relaxed));
         h.client_tls_err.absolute(self.client_tls_err.load(Ordering::Relaxed));
-        for (c, v) in h.requests.iter().zip(&self.requests) {
-            c.absolute(v.load(Ordering::Relaxed));
+        for (i, c) in h.requests.iter().enumerate() {
+            c.absolute(self.requests.sum(|r| &r[i]));
         }
         let gauge = |g: &Gauge, v: &AtomicI64| g.set(v.load(Ordering::Relaxed).max(0) as f64);
         gauge(&h.blocked_clients, &self.blocked_clients);
@@ -162,10 +218,9 @@ impl PoolStats {
 #[derive(Debug)]
 pub struct ServerStats {
     pub server: String,
-    pub requests: AtomicU64,
-    pub request_bytes: AtomicU64,
-    pub responses: AtomicU64,
-    pub response_bytes: AtomicU64,
+    /// What every request and reply counts, per worker: [`ServerStats::hot`] to count,
+    /// [`ServerStats::requests`] and its siblings to read.
+    hot: PerWorker<ServerHot>,
     pub server_err: AtomicU64,
     /// TLS handshakes with the server that failed (not counted in `server_err`).
     pub tls_err: AtomicU64,
@@ -179,18 +234,28 @@ pub struct ServerStats {
     pub ejections: AtomicU64,
     /// Unix time (µs) of the last ejection, 0 when never.
     pub ejected_at: AtomicU64,
-    pub in_flight: AtomicI64,
     /// Connections held by one client each (transactions, blocking commands, pub/sub), idle
     /// ones kept for reuse included: what `max_pinned_connections` bounds.
     pub pinned_connections: AtomicI64,
     /// Clients refused a connection of their own at `max_pinned_connections`.
     pub pinned_refused: AtomicU64,
     handles: ServerHandles,
-    /// Request latency, from writing a request to reading its reply.
-    latency: Histogram,
     /// The pool's latency by command, which this server's replies add to.
     commands: Arc<CommandLatency>,
     pool: String,
+}
+
+/// A server's counters that every request and reply touches: one set per worker.
+#[derive(Debug, Default)]
+pub struct ServerHot {
+    pub requests: AtomicU64,
+    pub request_bytes: AtomicU64,
+    pub responses: AtomicU64,
+    pub response_bytes: AtomicU64,
+    /// Requests written and not yet answered (one worker's replies can only answer its own).
+    pub in_flight: AtomicI64,
+    /// Request latency, from writing a request to reading its reply.
+    latency: Histogram,
 }
 
 /// Upper bounds (seconds) of the latency histograms' buckets.
@@ -238,23 +303,31 @@ impl Histogram {
         self.sum_ns.fetch_add(ns, Ordering::Relaxed);
     }
 
-    fn count(&self) -> u64 {
-        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
-    }
-
-    /// Append the histogram's lines in Prometheus text format, with `labels` (already
-    /// escaped, comma-separated).
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
+    /// Append the sum of `parts` (one histogram per worker) in Prometheus text format, with
+    /// `labels` (already escaped, comma-separated); nothing when they counted nothing.
+    fn render<'a>(parts: impl Iterator<Item = &'a Histogram>, out: &mut String, name: &str, labels: &str) {
+        let mut buckets = [0u64; LATENCY_BOUNDS.len() + 1];
+        let mut sum_ns = 0u64;
+        for h in parts {
+            for (b, a) in buckets.iter_mut().zip(&h.buckets) {
+                *b = b.wrapping_add(a.load(Ordering::Relaxed));
+            }
+            sum_ns = sum_ns.wrapping_add(h.sum_ns.load(Ordering::Relaxed));
+        }
         let mut cumulative = 0;
         for (i, b) in LATENCY_BOUNDS.iter().enumerate() {
-            cumulative += self.buckets[i].load(Ordering::Relaxed);
+            cumulative += buckets[i];
             let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
         }
-        cumulative += self.buckets[LATENCY_BOUNDS.len()].load(Ordering::Relaxed);
+        cumulative += buckets[LATENCY_BOUNDS.len()];
         let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
-        let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let sum = sum_ns as f64 / 1e9;
         let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
         let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+    }
+
+    fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
     }
 }
 
@@ -385,8 +458,9 @@ impl CommandTag {
 #[derive(Debug)]
 pub struct CommandLatency {
     protocol: Protocol,
-    /// Indexed by [`CommandTag`]; the last is `other`.
-    by_command: Box<[Histogram]>,
+    /// Per worker, indexed by [`CommandTag`]; the last is `other`. Each worker's row is an
+    /// allocation of its own.
+    by_command: PerWorker<Box<[Histogram]>>,
 }
 
 impl CommandLatency {
@@ -397,15 +471,18 @@ impl CommandLatency {
             Protocol::Memcache => MEMCACHE_COMMANDS.len() + 1,
             Protocol::Tcp => 0,
         };
-        Arc::new(CommandLatency {
-            protocol,
-            by_command: (0..n).map(|_| Histogram::default()).collect(),
-        })
+        let by_command = PerWorker {
+            slots: (0..crate::workers::count())
+                .map(|_| Padded((0..n).map(|_| Histogram::default()).collect()))
+                .collect(),
+        };
+        Arc::new(CommandLatency { protocol, by_command })
     }
 
     #[inline]
     fn add(&self, tag: CommandTag, bucket: usize, ns: u64) {
-        if let Some(h) = self.by_command.get(tag.0 as usize).or_else(|| self.by_command.last()) {
+        let mine = self.by_command.mine();
+        if let Some(h) = mine.get(tag.0 as usize).or_else(|| mine.last()) {
             h.add(bucket, ns);
         }
     }
@@ -422,12 +499,14 @@ impl CommandLatency {
     /// Append the histograms of the commands seen, labelled with `pool`.
     pub fn render(&self, pool: &str, out: &mut String) {
         let pool = escape(pool);
-        for (i, h) in self.by_command.iter().enumerate() {
-            if h.count() == 0 {
+        let rows = self.by_command.all().next().map_or(0, |r| r.len());
+        for i in 0..rows {
+            if self.by_command.all().all(|r| r[i].count() == 0) {
                 continue;
             }
             let labels = format!("pool=\"{pool}\",command=\"{}\"", escape(self.name(i)));
-            h.render(out, "legate_command_duration_seconds", &labels);
+            let parts = self.by_command.all().map(|r| &r[i]);
+            Histogram::render(parts, out, "legate_command_duration_seconds", &labels);
         }
     }
 }
@@ -475,10 +554,7 @@ impl ServerStats {
         };
         Arc::new(ServerStats {
             server: s.clone(),
-            requests: AtomicU64::new(0),
-            request_bytes: AtomicU64::new(0),
-            responses: AtomicU64::new(0),
-            response_bytes: AtomicU64::new(0),
+            hot: PerWorker::default(),
             server_err: AtomicU64::new(0),
             tls_err: AtomicU64::new(0),
             server_eof: AtomicU64::new(0),
@@ -488,14 +564,43 @@ impl ServerStats {
             server_connections: AtomicI64::new(0),
             ejections: AtomicU64::new(0),
             ejected_at: AtomicU64::new(0),
-            in_flight: AtomicI64::new(0),
             pinned_connections: AtomicI64::new(0),
             pinned_refused: AtomicU64::new(0),
             handles,
-            latency: Histogram::default(),
             commands,
             pool: p,
         })
+    }
+
+    /// The calling worker's request-path counters.
+    #[inline]
+    pub fn hot(&self) -> &ServerHot {
+        self.hot.mine()
+    }
+
+    /// Requests written to the server, over every worker.
+    pub fn requests(&self) -> u64 {
+        self.hot.sum(|h| &h.requests)
+    }
+
+    /// Request bytes written to the server, over every worker.
+    pub fn request_bytes(&self) -> u64 {
+        self.hot.sum(|h| &h.request_bytes)
+    }
+
+    /// Replies read from the server, over every worker.
+    pub fn responses(&self) -> u64 {
+        self.hot.sum(|h| &h.responses)
+    }
+
+    /// Reply bytes read from the server, over every worker.
+    pub fn response_bytes(&self) -> u64 {
+        self.hot.sum(|h| &h.response_bytes)
+    }
+
+    /// Requests written and not yet answered, over every worker.
+    pub fn in_flight(&self) -> i64 {
+        self.hot.sum_i64(|h| &h.in_flight)
     }
 
     /// Record one request's latency, and under its command when it has one (a request that
@@ -504,7 +609,7 @@ impl ServerStats {
     #[inline]
     pub fn record_latency(&self, d: std::time::Duration, command: Option<CommandTag>) {
         let (i, ns) = bucket(d);
-        self.latency.add(i, ns);
+        self.hot().latency.add(i, ns);
         if let Some(c) = command {
             self.commands.add(c, i, ns);
         }
@@ -514,18 +619,18 @@ impl ServerStats {
     /// pre-aggregated buckets, so the histogram is rendered here).
     pub fn render_latency(&self, out: &mut String) {
         let labels = format!("pool=\"{}\",server=\"{}\"", escape(&self.pool), escape(&self.server));
-        self.latency
-            .render(out, "legate_server_request_duration_seconds", &labels);
+        let parts = self.hot.all().map(|h| &h.latency);
+        Histogram::render(parts, out, "legate_server_request_duration_seconds", &labels);
     }
 
     /// Copy the atomics into the exporter's handles.
     pub fn publish(&self) {
         let h = &self.handles;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        h.requests.absolute(get(&self.requests));
-        h.request_bytes.absolute(get(&self.request_bytes));
-        h.responses.absolute(get(&self.responses));
-        h.response_bytes.absolute(get(&self.response_bytes));
+        h.requests.absolute(self.requests());
+        h.request_bytes.absolute(self.request_bytes());
+        h.responses.absolute(self.responses());
+        h.response_bytes.absolute(self.response_bytes());
         h.errors_connect.absolute(get(&self.server_err));
         h.errors_lost.absolute(get(&self.server_eof));
         h.errors_tls.absolute(get(&self.tls_err));
@@ -535,7 +640,7 @@ impl ServerStats {
         h.connections
             .set(self.server_connections.load(Ordering::Relaxed) as f64);
         h.ejections.absolute(get(&self.ejections));
-        h.in_flight.set(self.in_flight.load(Ordering::Relaxed).max(0) as f64);
+        h.in_flight.set(self.in_flight().max(0) as f64);
         h.pinned
             .set(self.pinned_connections.load(Ordering::Relaxed).max(0) as f64);
         h.pinned_refused.absolute(get(&self.pinned_refused));

@@ -535,16 +535,16 @@ fn merge_stats(m: &StatsMerge, replies: &[Bytes]) -> Bytes {
     if m.arg == b"proxy" {
         for ((name, st), list) in m.servers.iter().zip(&lists) {
             let own = [
-                ("requests", st.requests.load(Relaxed) as i64),
-                ("request_bytes", st.request_bytes.load(Relaxed) as i64),
-                ("responses", st.responses.load(Relaxed) as i64),
-                ("response_bytes", st.response_bytes.load(Relaxed) as i64),
+                ("requests", st.requests() as i64),
+                ("request_bytes", st.request_bytes() as i64),
+                ("responses", st.responses() as i64),
+                ("response_bytes", st.response_bytes() as i64),
                 ("server_eof", st.server_eof.load(Relaxed) as i64),
                 ("server_err", st.server_err.load(Relaxed) as i64),
                 ("server_timedout", st.server_timedout.load(Relaxed) as i64),
                 ("server_connections", st.server_connections.load(Relaxed)),
                 ("server_ejected_at", st.ejected_at.load(Relaxed) as i64),
-                ("in_queue", st.in_flight.load(Relaxed)),
+                ("in_queue", st.in_flight()),
             ];
             stats.extend(own.iter().map(|(k, v)| (format!("{name}:{k}"), v.to_string())));
             stats.extend(list.iter().map(|(k, v)| (format!("{name}:{k}"), v.clone())));

@@ -30,6 +30,7 @@ fn setup() -> Setup {
     let yaml = yaml.replace("  redis_auth: hunter2\n", "");
     let config = config_file(&yaml);
     let admin_addr = format!("127.0.0.1:{admin}");
+    // legate_logged runs two workers: counters are kept per worker and summed at scrape.
     let legate = legate_logged(&config, mc_port, &["--admin", &admin_addr, "--scrape-interval", "0.2"]);
     Setup {
         _mc: mc,
@@ -111,10 +112,12 @@ fn a_stopped_server_goes_down_and_ready_fails() {
 #[test]
 fn counters_match_the_traffic_and_stats_has_every_twemproxy_field() {
     let s = setup();
-    let mut r = Client::connect(s.rd_port);
+    // Several connections, which the two workers share between them (each counts its own).
+    let mut clients: Vec<Client> = (0..6).map(|_| Client::connect(s.rd_port)).collect();
     for i in 0..37 {
-        r.expect(&cmd(&format!("SET c{i} v")), b"+OK\r\n");
+        clients[i % 6].expect(&cmd(&format!("SET c{i} v")), b"+OK\r\n");
     }
+    let mut r = Client::connect(s.rd_port);
     r.expect(&cmd("PING"), b"+PONG\r\n");
     r.send(&cmd("MONITOR"));
     r.line();
@@ -157,8 +160,9 @@ fn counters_match_the_traffic_and_stats_has_every_twemproxy_field() {
     );
     assert_eq!(
         metric(&m, "legate_client_connections", &["pool=\"sessions\""]),
-        Some(1.0)
+        Some(7.0)
     );
+    drop(clients);
     let (code, body) = http(s.admin, "GET", "/stats");
     assert_eq!(code, 200);
     let doc: serde_json::Value = serde_json::from_str(&body).unwrap();

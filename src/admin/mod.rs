@@ -110,7 +110,7 @@ impl Status {
             pool.insert("fragments".into(), json!(g(&ps.fragments)));
             for (cfg, s) in t.pool.servers.iter().zip(&t.servers) {
                 let st = &s.stats;
-                let in_flight = st.in_flight.load(Ordering::Relaxed).max(0);
+                let in_flight = st.in_flight().max(0);
                 let name = cfg.alias.clone().unwrap_or_else(|| cfg.addr.to_string());
                 let server: Value = json!({
                     "server_eof": g(&st.server_eof),
@@ -118,10 +118,10 @@ impl Status {
                     "server_timedout": g(&st.server_timedout),
                     "server_connections": st.server_connections.load(Ordering::Relaxed),
                     "server_ejected_at": g(&st.ejected_at),
-                    "requests": g(&st.requests),
-                    "request_bytes": g(&st.request_bytes),
-                    "responses": g(&st.responses),
-                    "response_bytes": g(&st.response_bytes),
+                    "requests": st.requests(),
+                    "request_bytes": st.request_bytes(),
+                    "responses": st.responses(),
+                    "response_bytes": st.response_bytes(),
                     "in_queue": 0,
                     "in_queue_bytes": 0,
                     "out_queue": in_flight,

@@ -869,9 +869,10 @@ async fn write_requests<W: AsyncWrite + Unpin>(
             }
             out.extend(job.parts);
         }
-        stats.requests.fetch_add(requests, Ordering::Relaxed);
-        stats.request_bytes.fetch_add(bytes, Ordering::Relaxed);
-        stats.in_flight.fetch_add(awaited, Ordering::Relaxed);
+        let hot = stats.hot();
+        hot.requests.fetch_add(requests, Ordering::Relaxed);
+        hot.request_bytes.fetch_add(bytes, Ordering::Relaxed);
+        hot.in_flight.fetch_add(awaited, Ordering::Relaxed);
         // The reader learns of the requests before their replies can come.
         if !ptx.push(&mut handed).await || write_all_vectored(wr, &mut out).await.is_err() {
             return false;
@@ -935,7 +936,7 @@ async fn read_replies<R: AsyncRead + Unpin>(rd: R, prx: Arc<Queue<Pending>>, r: 
         },
     };
     for p in queue {
-        r.health.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        r.health.stats.hot().in_flight.fetch_sub(1, Ordering::Relaxed);
         if let Some(done) = p.done {
             done.send(Err(err.clone()));
         }
@@ -1019,9 +1020,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     answered = true;
                     health.success();
                     let st = &health.stats;
-                    st.responses.fetch_add(1, Ordering::Relaxed);
-                    st.response_bytes.fetch_add(n as u64, Ordering::Relaxed);
-                    st.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    let hot = st.hot();
+                    hot.responses.fetch_add(1, Ordering::Relaxed);
+                    hot.response_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                    hot.in_flight.fetch_sub(1, Ordering::Relaxed);
                     st.record_latency(p.sent.elapsed(), p.done.as_ref().map(ReplyTo::command));
                     if let Some(done) = p.done {
                         match (&r.redirect, p.parts) {

@@ -355,9 +355,10 @@ async fn run_pin(
                     });
                     out.extend(job.parts);
                 }
-                stats.requests.fetch_add(n as u64, Ordering::Relaxed);
-                stats.request_bytes.fetch_add(bytes, Ordering::Relaxed);
-                stats.in_flight.fetch_add(n as i64, Ordering::Relaxed);
+                let hot = stats.hot();
+                hot.requests.fetch_add(n as u64, Ordering::Relaxed);
+                hot.request_bytes.fetch_add(bytes, Ordering::Relaxed);
+                hot.in_flight.fetch_add(n as i64, Ordering::Relaxed);
                 if !pending.push(&mut handed).await || write_all_vectored(&mut wr, &mut out).await.is_err() {
                     break;
                 }
