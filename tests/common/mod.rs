@@ -129,9 +129,12 @@ pub fn redis_server() -> Proc {
     redis_server_with(free_port(), &[])
 }
 
-/// A redis-server on a given port with extra arguments (`--requirepass`, ...).
+/// A redis-server on a given port with extra arguments (`--requirepass`, ...), in a scratch
+/// directory of its own: a snapshot it writes (BGSAVE for a replica's SYNC) is never loaded by
+/// the next server.
 pub fn redis_server_with(port: u16, extra: &[&str]) -> Proc {
     let bin = require("redis-server", "redis-server");
+    let dir = scratch_dir();
     let mut child = Command::new(bin)
         .args([
             "--port",
@@ -143,6 +146,8 @@ pub fn redis_server_with(port: u16, extra: &[&str]) -> Proc {
             "--appendonly",
             "no",
         ])
+        .arg("--dir")
+        .arg(&dir)
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
