@@ -1126,16 +1126,8 @@ fn split(
 /// `router::session`'s; these are the answers that stand until it takes them.
 fn local(name: &[u8], frame: &Bytes, req: &redis::Request, bare_command: bool) -> Slot {
     let args = &req.args;
-    let argc = args.len();
     if bare_command || name.eq_ignore_ascii_case(b"command") {
         return Slot::Ready(Bytes::from_static(b"*0\r\n"));
-    }
-    if name.eq_ignore_ascii_case(b"ping") {
-        return match argc {
-            1 => Slot::Ready(Bytes::from_static(b"+PONG\r\n")),
-            2 => Slot::Ready(bulk(&frame[args[1].clone()])),
-            _ => wrong_args(b"ping"),
-        };
     }
     if name.eq_ignore_ascii_case(b"echo") {
         return Slot::Ready(bulk(&frame[args[1].clone()]));

@@ -562,3 +562,58 @@ fn no_multi_commands_are_refused_in_redis_words() {
         c.expect(&cmd("GET foo"), b"$-1\r\n");
     }
 }
+
+/// `s` as a RESP EVAL of `script` with no keys.
+fn eval0(script: &str) -> Vec<u8> {
+    format!("*3\r\n$4\r\nEVAL\r\n${}\r\n{script}\r\n$1\r\n0\r\n", script.len()).into_bytes()
+}
+
+/// PING is the servers' to answer, as with one Redis: `-BUSY` while a script runs on a shard
+/// (whichever worker's shared connection the script holds), then SCRIPT KILL from a third client
+/// ends it; a PING pipelined behind the script by its own client is answered after it, `PONG`.
+#[test]
+fn ping_hears_busy_from_a_running_script_until_script_kill() {
+    let s = setup_with(2, "");
+    for b in 0..2 {
+        s.direct(b).expect(&cmd("CONFIG SET lua-time-limit 10"), b"+OK\r\n");
+    }
+    let mut a = s.client();
+    a.expect(&cmd("PING"), b"+PONG\r\n");
+    a.expect(&cmd("PING hello"), b"$5\r\nhello\r\n");
+    a.expect(
+        &cmd("PING a b"),
+        b"-ERR wrong number of arguments for 'ping' command\r\n",
+    );
+    for round in 0..3 {
+        let mut a = s.client();
+        a.send(&eval0("while true do end"));
+        a.send(&cmd("PING"));
+        let mut b = s.client();
+        eventually("PING answers -BUSY", || {
+            b.send(&cmd("PING"));
+            let line = String::from_utf8(b.line()).unwrap();
+            assert!(line == "+PONG\r\n" || line.starts_with("-BUSY "), "{line}");
+            line.starts_with("-BUSY ")
+        });
+        let mut k = s.client();
+        k.expect(&cmd("SCRIPT KILL"), b"+OK\r\n");
+        let killed = String::from_utf8(a.line()).unwrap();
+        assert!(killed.contains("Script killed by user"), "round {round}: {killed}");
+        assert_eq!(a.line(), b"+PONG\r\n");
+        eventually("PING answers PONG again", || {
+            b.send(&cmd("PING"));
+            b.line() == b"+PONG\r\n"
+        });
+        // The client goes on with its shared connections.
+        a.expect(&cmd("SET after{p} 1"), b"+OK\r\n");
+        a.send(&cmd("PING"));
+        a.send(&cmd("GET after{p}"));
+        assert_eq!(a.line(), b"+PONG\r\n");
+        assert_eq!(a.exact(7), b"$1\r\n1\r\n");
+    }
+    // A shard that is down: PING says so.
+    let mut c = s.client();
+    drop(s.backends);
+    c.send(&cmd("PING"));
+    assert!(c.line().starts_with(b"-ERR "));
+}

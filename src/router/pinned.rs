@@ -21,6 +21,14 @@
 //! server connection that holds it ([`client_unblock`]). SCRIPT KILL / FUNCTION KILL also go
 //! on pins: the busy script may run on a shared connection, where they would wait behind it.
 //!
+//! **PING** goes to every shard, each on a pin, and the servers answer it: the first error
+//! (`-BUSY` while a script runs on a shard, a connection error when one is down), else their
+//! `PONG`. On a pin because the busy script may hold this worker's shared connection, where the
+//! PING would wait behind it instead of hearing `-BUSY`; on every shard because the pool answers
+//! as one Redis, which is busy when any part of it is. A PING after other requests waits for
+//! their replies first (a PING pipelined behind a script is answered once the script ends, as
+//! Redis answers it). In a RESP2 subscribed client PING is answered here, as a message.
+//!
 //! **Pub/sub.** A channel is placed like a key, so a publisher and a subscriber meet on one
 //! shard; a pattern is subscribed on every shard. Subscribing waits for the server's
 //! confirmation (so a message published right after cannot be missed) and answers with
@@ -448,7 +456,7 @@ fn in_multi(
                 Some(s) => Ok(Some(s)),
                 None => Err(redis_error(NO_SERVER.into())),
             },
-            "wait" => Ok(None),
+            "wait" | "ping" => Ok(None),
             _ => Err(not_here()),
         },
     };
@@ -629,6 +637,7 @@ pub(super) fn route(
             super::send_one(topo, q, out, s, session.lane(), smallvec![bytes], Framing::Redis)
         }
         "script|kill" | "function|kill" => kill(topo, q, frame, req, session),
+        "ping" => ping(topo, q, frame, req, session),
         "script|debug" => {
             topo.stats.request(Class::Unsupported);
             redis_error("unsupported command 'SCRIPT DEBUG': the Lua debugger needs a server connection of its own for its whole session, which legate does not give".into())
@@ -646,22 +655,48 @@ fn kill(
     req: &redis::Request,
     session: &mut super::RedisSession,
 ) -> Slot {
+    every_shard_pinned(topo, q, resp_frame(frame, req), session.resp3, redis::Fan::AnyOk)
+}
+
+/// PING: every shard answers, each on a pin (see the module doc).
+fn ping(
+    topo: &Topology,
+    q: &Arc<Replies>,
+    frame: Bytes,
+    req: &redis::Request,
+    session: &mut super::RedisSession,
+) -> Slot {
+    if req.args.len() > 2 {
+        return wrong_args(b"ping");
+    }
+    if topo.servers.is_empty() {
+        return redis_error(NO_SERVER.into());
+    }
+    if session.pinning.barrier(q, Path::Pinned) {
+        return Slot::Barrier(frame);
+    }
+    every_shard_pinned(topo, q, resp_frame(frame, req), session.resp3, redis::Fan::Same)
+}
+
+/// Send `bytes` to every shard on a pin each (handed back at once: a pin answers in order, so
+/// the reply still comes here if another client takes the pin meanwhile); the replies merged
+/// by `fan`.
+fn every_shard_pinned(topo: &Topology, q: &Arc<Replies>, bytes: Bytes, resp3: bool, fan: redis::Fan) -> Slot {
     let n = topo.servers.len();
     if n == 0 {
         return redis_error(NO_SERVER.into());
     }
     let mut pins = Vec::with_capacity(n);
     for s in 0..n {
-        match take_pin(topo, s, session.resp3) {
+        match take_pin(topo, s, resp3) {
             Ok(pin) => pins.push(pin),
             Err(slot) => return slot,
         }
     }
-    let bytes = resp_frame(frame, req);
-    topo.stats.request(Class::Multi);
+    topo.stats.request(if n == 1 { Class::Single } else { Class::Multi });
     let merge = super::GatherMerge::RedisFan {
-        fan: redis::Fan::AnyOk,
-        resp3: session.resp3,
+        fan,
+        resp3,
         clients: super::fanout::Clients::default(),
     };
     if let Some(parts) = q.expect_gather(n, merge) {
@@ -669,8 +704,6 @@ fn kill(
             pin.send(job(bytes.clone(), Some(done)));
         }
     }
-    // Its reply still comes to this client if another takes the pin meanwhile: a pin answers
-    // in order.
     for pin in pins {
         unpin(topo, pin);
     }

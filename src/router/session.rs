@@ -1,9 +1,9 @@
 //! One Redis client connection's state, and the commands legate answers from it as one Redis
 //! 7.0 would: the handshake (`HELLO`, `AUTH`, `CLIENT SETNAME`/`SETINFO`, `SELECT 0`), `RESET`,
-//! `PING`/`ECHO`/`QUIT`, `CLIENT ID|INFO|LIST|REPLY|NO-EVICT|NO-TOUCH`, `READONLY`/`READWRITE`.
+//! `ECHO`/`QUIT`, `CLIENT ID|INFO|LIST|REPLY|NO-EVICT|NO-TOUCH`, `READONLY`/`READWRITE`.
 //! None of them is forwarded: a shared server connection cannot hold one client's state (see
 //! DESIGN.md "Sessions: shared and pinned"). `COMMAND …` is forwarded to one server, whose reply
-//! is the answer.
+//! is the answer. `PING` is the servers' to answer (`router/pinned.rs`): a busy one says `-BUSY`.
 //!
 //! Error texts are Redis 7.0.15's, byte for byte, wherever Redis has one. `CLIENT SETINFO` and
 //! `CLIENT NO-TOUCH` (Redis 7.2) are accepted too, since current client libraries send them.
@@ -141,7 +141,6 @@ impl RedisSession {
 
 /// The commands this module answers, lower case; longest is 9 bytes.
 const NAMES: &[&[u8]] = &[
-    b"ping",
     b"echo",
     b"quit",
     b"hello",
@@ -309,11 +308,6 @@ fn answer_named(
         return ready(b"+RESET\r\n");
     }
     match lower {
-        b"ping" => match argc {
-            1 => ready(b"+PONG\r\n"),
-            2 => bulk(arg(1)),
-            _ => arity("ping"),
-        },
         b"echo" => match argc {
             2 => bulk(arg(1)),
             _ => arity("echo"),

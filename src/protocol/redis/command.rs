@@ -67,10 +67,10 @@ pub enum Route {
     Scan,
     /// No keys, and any shard answers as well as another (TIME, CONFIG GET, FUNCTION LIST, … HELP).
     AnyShard,
-    /// Answered by legate itself from the session's state (handshake, PING, CLIENT, COMMAND…).
+    /// Answered by legate itself from the session's state (handshake, CLIENT, COMMAND…).
     Local,
-    /// Needs a server connection of its own (transactions, blocking commands, pub/sub, WAIT): not
-    /// served yet.
+    /// Needs a server connection of its own (transactions, blocking commands, pub/sub, WAIT,
+    /// SCRIPT KILL, PING): `router/pinned.rs`.
     Pinned,
     /// Refused, with the reason a sharding proxy does not serve it.
     Refused(&'static str),
@@ -434,7 +434,7 @@ pub static COMMANDS: &[Command] = &[
     row("pfdebug", 3, Keys::Specs(&[at(2, 0)]), Route::Keyed),
     row("pfmerge", -2, Keys::Specs(&[at(1, 0), at(2, -1)]), Route::Keyed),
     row("pfselftest", 1, NO_KEYS, Route::AnyShard),
-    row("ping", -1, NO_KEYS, Route::Local),
+    row("ping", -1, NO_KEYS, Route::Pinned),
     row("psetex", 4, Keys::Specs(&[at(1, 0)]), Route::Keyed),
     row("psubscribe", -2, NO_KEYS, Route::Pinned),
     row("psync", -3, NO_KEYS, Route::Refused(REPLICATION)),
