@@ -6,6 +6,7 @@ mod common;
 
 use common::resp::Value;
 use common::{cmd, eventually, free_port, legate, pool_yaml, redis_server, Client, Legate, Proc};
+use std::io::BufRead;
 use std::time::{Duration, Instant};
 
 struct Setup {
@@ -616,4 +617,95 @@ fn ping_hears_busy_from_a_running_script_until_script_kill() {
     drop(s.backends);
     c.send(&cmd("PING"));
     assert!(c.line().starts_with(b"-ERR "));
+}
+
+/// Read a raw SYNC reply from `c`: the `$<len>` line (after any newlines the server sends while
+/// it prepares the snapshot), then the RDB payload, which no CRLF follows.
+fn read_rdb(c: &mut Client) -> Vec<u8> {
+    let mut line = Vec::new();
+    while line.is_empty() || line == b"\n" {
+        line.clear();
+        assert!(c.r.read_until(b'\n', &mut line).unwrap() > 0, "closed before the snapshot");
+    }
+    let text = String::from_utf8(line).unwrap();
+    let len: usize = text
+        .strip_prefix('$')
+        .and_then(|t| t.trim_end().parse().ok())
+        .unwrap_or_else(|| panic!("not a bulk length: {text:?}"));
+    c.exact(len)
+}
+
+/// A replica through a pool of one server: SYNC gets the RDB, then the writes other clients
+/// make, and what it sends (REPLCONF ACK) reaches the server.
+#[test]
+fn sync_through_a_one_server_pool_streams_the_snapshot_then_the_writes() {
+    let s = setup_with(1, "  redis_admin_commands: true\n");
+    let mut w = s.client();
+    w.expect(&cmd("SET before 1"), b"+OK\r\n");
+    let mut r = s.client();
+    r.send(b"SYNC\r\n");
+    let rdb = read_rdb(&mut r);
+    assert!(rdb.starts_with(b"REDIS0"), "{:?}", &rdb[..rdb.len().min(16)]);
+    assert!(rdb.windows(6).any(|x| x == b"before"), "the snapshot has the key");
+    w.expect(&cmd("SET during 2"), b"+OK\r\n");
+    let stream = String::from_utf8_lossy(&r.until(b"during\r\n$1\r\n2\r\n")).to_lowercase();
+    assert!(stream.ends_with("*3\r\n$3\r\nset\r\n$6\r\nduring\r\n$1\r\n2\r\n"), "{stream}");
+    r.send(&cmd("REPLCONF ACK 12345"));
+    eventually("the server has the replica's ACK", || {
+        s.direct(0).words("INFO replication").text().contains("offset=12345")
+    });
+    // The replica's connection is its own: closing it leaves the pool serving.
+    drop(r);
+    w.expect(&cmd("GET during"), b"$1\r\n2\r\n");
+    eventually("the server dropped the replica", || {
+        s.direct(0).words("INFO replication").text().contains("connected_slaves:0")
+    });
+}
+
+/// A replica that does not read costs legate a few MB: the rest waits at the server.
+#[test]
+fn a_replica_that_does_not_read_does_not_grow_legate() {
+    let s = setup_with(1, "  redis_admin_commands: true\n");
+    let pid = s.legate.proc.child.id();
+    let mut r = s.client();
+    r.send(b"SYNC\r\n");
+    read_rdb(&mut r);
+    let before = common::rss_kib(pid);
+    let mut w = s.client();
+    let value = "x".repeat(1024 * 1024);
+    for i in 0..48 {
+        w.expect(&cmd(&format!("SET big{i} {value}")), b"+OK\r\n");
+    }
+    w.expect(&cmd("PING"), b"+PONG\r\n");
+    let after = common::rss_kib(pid);
+    assert!(
+        after < before + 32 * 1024,
+        "RSS grew from {before} KiB to {after} KiB for a replica that does not read"
+    );
+    // It reads at last: the stream is whole, in order.
+    for i in 0..48 {
+        let key = format!("big{i}");
+        let head = format!("${}\r\n{key}\r\n$1048576\r\n", key.len());
+        r.until(head.as_bytes());
+    }
+}
+
+/// SYNC is refused with a reason in a pool of several servers, and without
+/// `redis_admin_commands`.
+#[test]
+fn sync_is_refused_where_no_one_server_is_the_pool() {
+    let s = setup_with(2, "  redis_admin_commands: true\n");
+    let mut c = s.client();
+    for command in ["SYNC", "PSYNC ? -1"] {
+        c.send(&cmd(command));
+        let line = String::from_utf8(c.line()).unwrap();
+        assert!(line.starts_with("-ERR unsupported command") && line.contains("pool of 2 servers"), "{line}");
+    }
+    c.expect(&cmd("PING"), b"+PONG\r\n");
+    let s = setup_with(1, "");
+    let mut c = s.client();
+    c.send(&cmd("SYNC"));
+    let line = String::from_utf8(c.line()).unwrap();
+    assert!(line.contains("redis_admin_commands: true"), "{line}");
+    c.expect(&cmd("PING"), b"+PONG\r\n");
 }

@@ -29,6 +29,15 @@
 //! their replies first (a PING pipelined behind a script is answered once the script ends, as
 //! Redis answers it). In a RESP2 subscribed client PING is answered here, as a message.
 //!
+//! **SYNC / PSYNC** (with `redis_admin_commands`, in a pool of one server): a raw tunnel. The
+//! client's pin sends it, and from then on the server's bytes (the RDB payload, which no CRLF
+//! ends, then the replication stream) go to the client unparsed, and everything the client sends
+//! (`REPLCONF ACK …`) goes to that pin, unanswered, as a server answers nothing to its replica.
+//! legate reads no further from the server while the client has 8 MB unread: the server keeps
+//! the rest under its own `client-output-buffer-limit replica`, as for a slow replica of its
+//! own. In a pool of several servers it is refused: each holds a part of the keyspace, and no
+//! one server's stream is the pool's.
+//!
 //! **Pub/sub.** A channel is placed like a key, so a publisher and a subscriber meet on one
 //! shard; a pattern is subscribed on every shard. Subscribing waits for the server's
 //! confirmation (so a message published right after cannot be missed) and answers with
@@ -82,6 +91,8 @@ pub struct Pinning {
     counted_subs: i64,
     /// The `CLIENT ID` under which its blocking command is in [`BLOCKED`].
     blocked_as: Option<u64>,
+    /// After SYNC / PSYNC: the connection whose replication stream the client reads.
+    replica: Option<Pin>,
 }
 
 impl std::fmt::Debug for Pinning {
@@ -92,6 +103,7 @@ impl std::fmt::Debug for Pinning {
             .field("multi", &self.multi.as_ref().map(|m| (m.held.len(), m.dirty, m.sent)))
             .field("blocked", &self.blocked.is_some())
             .field("subscribed", &self.pubsub.is_some())
+            .field("replica", &self.replica.is_some())
             .finish()
     }
 }
@@ -138,10 +150,11 @@ impl Pinning {
         self.stats.get_or_insert_with(|| topo.stats.clone()).clone()
     }
 
-    /// In a transaction, or subscribed (where a RESP2 client's commands are restricted).
+    /// In a transaction, subscribed (where a RESP2 client's commands are restricted), or a
+    /// replica (whose commands all go to its server).
     #[inline]
     pub fn intercepts(&self) -> bool {
-        self.multi.is_some() || self.pubsub.is_some()
+        self.multi.is_some() || self.pubsub.is_some() || self.replica.is_some()
     }
 
     /// Between MULTI and EXEC / DISCARD.
@@ -350,7 +363,16 @@ pub(super) fn intercept(
     session: &mut super::RedisSession,
 ) -> Result<Slot, Bytes> {
     let name = &frame[req.args[0].clone()];
-    if name.eq_ignore_ascii_case(b"reset") || name.eq_ignore_ascii_case(b"quit") {
+    if name.eq_ignore_ascii_case(b"quit") {
+        return Err(frame);
+    }
+    if let Some(pin) = &session.pinning.replica {
+        // A replica's REPLCONF ACK …: the server answers a replica nothing.
+        topo.stats.request(Class::Single);
+        send_quiet(pin, resp_frame(frame, req));
+        return Ok(Slot::Queued);
+    }
+    if name.eq_ignore_ascii_case(b"reset") {
         return Err(frame);
     }
     if session.pinning.multi.is_some() {
@@ -638,6 +660,7 @@ pub(super) fn route(
         }
         "script|kill" | "function|kill" => kill(topo, q, frame, req, session),
         "ping" => ping(topo, q, frame, req, session),
+        "sync" | "psync" => replicate(topo, q, frame, req, cmd, session),
         "script|debug" => {
             topo.stats.request(Class::Unsupported);
             redis_error("unsupported command 'SCRIPT DEBUG': the Lua debugger needs a server connection of its own for its whole session, which legate does not give".into())
@@ -707,6 +730,88 @@ fn every_shard_pinned(topo: &Topology, q: &Arc<Replies>, bytes: Bytes, resp3: bo
     for pin in pins {
         unpin(topo, pin);
     }
+    Slot::Queued
+}
+
+/// Most bytes of a replication stream legate holds for a replica that reads slowly; beyond it
+/// the server holds them.
+const REPLICA_MAX_HELD: usize = 8 * 1024 * 1024;
+
+/// Most writes held for it, whatever their size (a stream of tiny ones).
+const REPLICA_MAX_ENTRIES: usize = 64 * 1024;
+
+/// A replica's side of its raw pin: the server's bytes, as they come, to the client.
+struct Replication {
+    q: Arc<Replies>,
+}
+
+impl Sink for Replication {
+    fn frame(&self, _server_id: u64, bytes: Bytes) {
+        self.q.push(bytes, false);
+    }
+
+    fn lost(&self, _server_id: u64, why: String) {
+        tracing::debug!(%why, "replication stream ended");
+        // What was read is written, then the client closes: its master has gone.
+        self.q.push(Bytes::new(), true);
+    }
+
+    fn raw(&self) -> bool {
+        true
+    }
+
+    fn full(&self) -> bool {
+        self.q.held() > REPLICA_MAX_HELD || self.q.owed() > REPLICA_MAX_ENTRIES
+    }
+}
+
+/// SYNC / PSYNC: the one server's replication stream, tunnelled (see the module doc).
+fn replicate(
+    topo: &Topology,
+    q: &Arc<Replies>,
+    frame: Bytes,
+    req: &redis::Request,
+    cmd: &redis::Command,
+    session: &mut super::RedisSession,
+) -> Slot {
+    let refuse = |msg: String| {
+        topo.stats.request(Class::Unsupported);
+        redis_error(msg)
+    };
+    if !topo.pool.redis_admin_commands {
+        return super::admin::refused(
+            cmd,
+            "a replica's stream is one server's, and reading it makes that server fork for a snapshot",
+        );
+    }
+    let n = topo.servers.len();
+    if n == 0 {
+        return redis_error(NO_SERVER.into());
+    }
+    if n > 1 {
+        return refuse(format!(
+            "unsupported command '{}' on a pool of {n} servers: each server holds a part of the keyspace, so no one server's replication stream is the pool's; replicate the servers directly",
+            display_name(cmd)
+        ));
+    }
+    let p = &mut session.pinning;
+    if p.tx.is_some() || p.pubsub.is_some() {
+        return refuse(format!(
+            "'{}' on a connection that watches keys or is subscribed: the replication stream needs a connection of its own",
+            display_name(cmd)
+        ));
+    }
+    if p.barrier(q, Path::Pinned) {
+        return Slot::Barrier(frame);
+    }
+    let sink: Arc<dyn Sink> = Arc::new(Replication { q: q.clone() });
+    let pin = match topo.servers[0].pin(false, Some(sink)) {
+        Ok(pin) => pin,
+        Err(e) => return redis_error(format!("cannot serve this command now: {}", e.0)),
+    };
+    topo.stats.request(Class::Single);
+    send_quiet(&pin, resp_frame(frame, req));
+    p.replica = Some(pin);
     Slot::Queued
 }
 

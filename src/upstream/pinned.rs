@@ -18,7 +18,10 @@
 //! `CLIENT UNBLOCK` to name the connection while it is blocked.
 //!
 //! A pub/sub pin ([`Sink`]) has no requests to pair replies with: every frame the server sends
-//! goes to the sink (the session's subscription state), and its loss is reported there.
+//! goes to the sink (the session's subscription state), and its loss is reported there. A raw
+//! sink ([`Sink::raw`], a replica's SYNC) takes the server's bytes as they come, unframed, and
+//! is read no further while it is [`Sink::full`]: the server holds the rest, under its own
+//! output buffer limits, as it would for a slow replica of its own.
 
 use super::{
     connect, connect_failed, read_replies, write_all_vectored, Health, Job, Pending, Reading, Server, Target,
@@ -40,7 +43,20 @@ pub trait Sink: Send + Sync + 'static {
     fn frame(&self, server_id: u64, frame: Bytes);
     /// The connection to `server_id` could not be made or is gone.
     fn lost(&self, server_id: u64, why: String);
+    /// The sink takes the server's bytes as they are read, not framed as replies (the
+    /// replication stream after SYNC: an RDB payload with no CRLF after it, then commands).
+    fn raw(&self) -> bool {
+        false
+    }
+    /// A raw sink holds all it should: nothing more is read from the server until it has
+    /// drained.
+    fn full(&self) -> bool {
+        false
+    }
 }
+
+/// How often a raw pin looks again at a sink that was full.
+const RAW_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Idle pins kept per worker and server for the next client.
 const IDLE_KEPT: usize = 8;
@@ -373,9 +389,13 @@ async fn run_pin(
             let label = t.label.clone();
             let max = t.max_reply;
             let mut reader = AbortOnDrop(tokio::spawn(async move {
-                let why = read_stream(rd, &*reader_sink, id, max).await;
+                let why = if reader_sink.raw() {
+                    read_raw(rd, &*reader_sink, id).await
+                } else {
+                    read_stream(rd, &*reader_sink, id, max).await
+                };
                 if let Some(suppressed) = crate::log_limit::allow(&format!("pubsub {label} {why}")) {
-                    tracing::info!(server = %label, %why, suppressed, "subscribed connection ended");
+                    tracing::info!(server = %label, %why, suppressed, "subscribed or replica connection ended");
                 }
                 reader_sink.lost(id, format!("connection to {label} lost ({why})"));
             }));
@@ -438,6 +458,25 @@ async fn read_stream<R: AsyncRead + Unpin>(mut rd: R, sink: &dyn Sink, id: u64, 
             Ok(0) => return "closed by the server".into(),
             Err(e) => return e.to_string(),
             Ok(_) => {}
+        }
+    }
+}
+
+/// Hand the server's bytes to a raw `sink` as they are read, until the connection ends; why.
+/// Memory stays bounded: while the sink is full nothing is read, and the server buffers.
+async fn read_raw<R: AsyncRead + Unpin>(mut rd: R, sink: &dyn Sink, id: u64) -> String {
+    let mut buf = BytesMut::new();
+    loop {
+        while sink.full() {
+            tokio::time::sleep(RAW_PAUSE).await;
+        }
+        if buf.capacity() < 4 * 1024 {
+            buf = BytesMut::with_capacity(64 * 1024);
+        }
+        match rd.read_buf(&mut buf).await {
+            Ok(0) => return "closed by the server".into(),
+            Err(e) => return e.to_string(),
+            Ok(_) => sink.frame(id, buf.split().freeze()),
         }
     }
 }

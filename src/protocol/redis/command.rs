@@ -70,7 +70,7 @@ pub enum Route {
     /// Answered by legate itself from the session's state (handshake, CLIENT, COMMAND…).
     Local,
     /// Needs a server connection of its own (transactions, blocking commands, pub/sub, WAIT,
-    /// SCRIPT KILL, PING): `router/pinned.rs`.
+    /// SCRIPT KILL, PING, SYNC): `router/pinned.rs`.
     Pinned,
     /// Refused, with the reason a sharding proxy does not serve it.
     Refused(&'static str),
@@ -437,7 +437,7 @@ pub static COMMANDS: &[Command] = &[
     row("ping", -1, NO_KEYS, Route::Pinned),
     row("psetex", 4, Keys::Specs(&[at(1, 0)]), Route::Keyed),
     row("psubscribe", -2, NO_KEYS, Route::Pinned),
-    row("psync", -3, NO_KEYS, Route::Refused(REPLICATION)),
+    row("psync", -3, NO_KEYS, Route::Pinned),
     row("pttl", 2, Keys::Specs(&[at(1, 0)]), Route::Keyed),
     row("publish", 3, NO_KEYS, Route::Pinned),
     row("pubsub", -2, NO_KEYS, Route::Container),
@@ -512,7 +512,7 @@ pub static COMMANDS: &[Command] = &[
     row("sunionstore", -3, Keys::Specs(&[at(1, 0), at(2, -1)]), Route::Keyed),
     row("sunsubscribe", -1, Keys::Specs(&[not_key(at(1, -1))]), Route::Pinned),
     row("swapdb", 3, NO_KEYS, Route::Refused(DB0)),
-    row("sync", 1, NO_KEYS, Route::Refused(REPLICATION)),
+    row("sync", 1, NO_KEYS, Route::Pinned),
     row("time", 1, NO_KEYS, Route::AnyShard),
     row("touch", -2, Keys::Specs(&[at(1, -1)]), Route::Split(Merge::Sum)),
     row("ttl", 2, Keys::Specs(&[at(1, 0)]), Route::Keyed),
