@@ -564,7 +564,7 @@ fn no_multi_commands_are_refused_in_redis_words() {
     }
 }
 
-/// `s` as a RESP EVAL of `script` with no keys.
+/// A RESP EVAL of `script` with no keys.
 fn eval0(script: &str) -> Vec<u8> {
     format!("*3\r\n$4\r\nEVAL\r\n${}\r\n{script}\r\n$1\r\n0\r\n", script.len()).into_bytes()
 }
@@ -619,13 +619,36 @@ fn ping_hears_busy_from_a_running_script_until_script_kill() {
     assert!(c.line().starts_with(b"-ERR "));
 }
 
+/// With `auto_eject_hosts`, a server ejected from the ring is not asked: the pool answers PING
+/// with the servers its keys go to.
+#[test]
+fn ping_leaves_out_an_ejected_server() {
+    let mut s = setup_with(
+        2,
+        "  auto_eject_hosts: true\n  server_failure_limit: 1\n  server_retry_timeout: 60000\n",
+    );
+    let mut c = s.client();
+    c.expect(&cmd("PING"), b"+PONG\r\n");
+    drop(s.backends.remove(1));
+    eventually("the dead server ejected", || {
+        (0..20).all(|i| {
+            c.send(&cmd(&format!("SET e{i} x")));
+            c.line() == b"+OK\r\n"
+        })
+    });
+    c.expect(&cmd("PING"), b"+PONG\r\n");
+}
+
 /// Read a raw SYNC reply from `c`: the `$<len>` line (after any newlines the server sends while
 /// it prepares the snapshot), then the RDB payload, which no CRLF follows.
 fn read_rdb(c: &mut Client) -> Vec<u8> {
     let mut line = Vec::new();
     while line.is_empty() || line == b"\n" {
         line.clear();
-        assert!(c.r.read_until(b'\n', &mut line).unwrap() > 0, "closed before the snapshot");
+        assert!(
+            c.r.read_until(b'\n', &mut line).unwrap() > 0,
+            "closed before the snapshot"
+        );
     }
     let text = String::from_utf8(line).unwrap();
     let len: usize = text
@@ -649,7 +672,10 @@ fn sync_through_a_one_server_pool_streams_the_snapshot_then_the_writes() {
     assert!(rdb.windows(6).any(|x| x == b"before"), "the snapshot has the key");
     w.expect(&cmd("SET during 2"), b"+OK\r\n");
     let stream = String::from_utf8_lossy(&r.until(b"during\r\n$1\r\n2\r\n")).to_lowercase();
-    assert!(stream.ends_with("*3\r\n$3\r\nset\r\n$6\r\nduring\r\n$1\r\n2\r\n"), "{stream}");
+    assert!(
+        stream.ends_with("*3\r\n$3\r\nset\r\n$6\r\nduring\r\n$1\r\n2\r\n"),
+        "{stream}"
+    );
     r.send(&cmd("REPLCONF ACK 12345"));
     eventually("the server has the replica's ACK", || {
         s.direct(0).words("INFO replication").text().contains("offset=12345")
@@ -658,7 +684,10 @@ fn sync_through_a_one_server_pool_streams_the_snapshot_then_the_writes() {
     drop(r);
     w.expect(&cmd("GET during"), b"$1\r\n2\r\n");
     eventually("the server dropped the replica", || {
-        s.direct(0).words("INFO replication").text().contains("connected_slaves:0")
+        s.direct(0)
+            .words("INFO replication")
+            .text()
+            .contains("connected_slaves:0")
     });
 }
 
@@ -699,7 +728,10 @@ fn sync_is_refused_where_no_one_server_is_the_pool() {
     for command in ["SYNC", "PSYNC ? -1"] {
         c.send(&cmd(command));
         let line = String::from_utf8(c.line()).unwrap();
-        assert!(line.starts_with("-ERR unsupported command") && line.contains("pool of 2 servers"), "{line}");
+        assert!(
+            line.starts_with("-ERR unsupported command") && line.contains("pool of 2 servers"),
+            "{line}"
+        );
     }
     c.expect(&cmd("PING"), b"+PONG\r\n");
     let s = setup_with(1, "");

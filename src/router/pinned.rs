@@ -21,9 +21,9 @@
 //! server connection that holds it ([`client_unblock`]). SCRIPT KILL / FUNCTION KILL also go
 //! on pins: the busy script may run on a shared connection, where they would wait behind it.
 //!
-//! **PING** goes to every shard, each on a pin, and the servers answer it: the first error
-//! (`-BUSY` while a script runs on a shard, a connection error when one is down), else their
-//! `PONG`. On a pin because the busy script may hold this worker's shared connection, where the
+//! **PING** goes to every shard not ejected (`auto_eject_hosts`), each on a pin, and the
+//! servers answer it: the first error (`-BUSY` while a script runs on a shard, a connection
+//! error when one is down), else their `PONG`. On a pin because the busy script may hold this worker's shared connection, where the
 //! PING would wait behind it instead of hearing `-BUSY`; on every shard because the pool answers
 //! as one Redis, which is busy when any part of it is. A PING after other requests waits for
 //! their replies first (a PING pipelined behind a script is answered once the script ends, as
@@ -678,7 +678,8 @@ fn kill(
     req: &redis::Request,
     session: &mut super::RedisSession,
 ) -> Slot {
-    every_shard_pinned(topo, q, resp_frame(frame, req), session.resp3, redis::Fan::AnyOk)
+    let all: SmallVec<[usize; 8]> = (0..topo.servers.len()).collect();
+    on_pins(topo, q, &all, resp_frame(frame, req), session.resp3, redis::Fan::AnyOk)
 }
 
 /// PING: every shard answers, each on a pin (see the module doc).
@@ -692,25 +693,29 @@ fn ping(
     if req.args.len() > 2 {
         return wrong_args(b"ping");
     }
-    if topo.servers.is_empty() {
+    // An ejected server is out of the ring: the pool answers without it, as its keys do.
+    let live: SmallVec<[usize; 8]> = (0..topo.servers.len())
+        .filter(|&s| !topo.servers[s].is_ejected())
+        .collect();
+    if live.is_empty() {
         return redis_error(NO_SERVER.into());
     }
     if session.pinning.barrier(q, Path::Pinned) {
         return Slot::Barrier(frame);
     }
-    every_shard_pinned(topo, q, resp_frame(frame, req), session.resp3, redis::Fan::Same)
+    on_pins(topo, q, &live, resp_frame(frame, req), session.resp3, redis::Fan::Same)
 }
 
-/// Send `bytes` to every shard on a pin each (handed back at once: a pin answers in order, so
-/// the reply still comes here if another client takes the pin meanwhile); the replies merged
-/// by `fan`.
-fn every_shard_pinned(topo: &Topology, q: &Arc<Replies>, bytes: Bytes, resp3: bool, fan: redis::Fan) -> Slot {
-    let n = topo.servers.len();
+/// Send `bytes` to each of `servers` on a pin (handed back at once: a pin answers in order,
+/// so the reply still comes here if another client takes the pin meanwhile); the replies
+/// merged by `fan`.
+fn on_pins(topo: &Topology, q: &Arc<Replies>, servers: &[usize], bytes: Bytes, resp3: bool, fan: redis::Fan) -> Slot {
+    let n = servers.len();
     if n == 0 {
         return redis_error(NO_SERVER.into());
     }
     let mut pins = Vec::with_capacity(n);
-    for s in 0..n {
+    for &s in servers {
         match take_pin(topo, s, resp3) {
             Ok(pin) => pins.push(pin),
             Err(slot) => return slot,
