@@ -14,7 +14,9 @@
 //!   connections).
 //! - [`router`]: a parsed request -> the server(s) it goes to, split and merged when needed; a
 //!   Redis connection's own state (HELLO, AUTH, CLIENT, RESET …) answered in `router/session.rs`;
-//!   transactions, blocking commands and pub/sub on connections of their own in `router/pinned.rs`;
+//!   transactions, blocking commands, pub/sub, PING and SCRIPT KILL (which must not wait behind a
+//!   busy script) and a one-server pool's SYNC tunnel on connections of their own in
+//!   `router/pinned.rs`;
 //!   CONFIG SET / DEBUG for pools with `redis_admin_commands` in `router/admin.rs`.
 //! - [`server`]: listeners and client sessions (parse, route, reply in order).
 //! - [`replies`]: one client's reply queue, filled by servers in any order, written in order.
