@@ -123,6 +123,19 @@ impl Topology {
     }
 }
 
+impl Topology {
+    /// Whether the cluster master at `addr` serves any slot in this snapshot's table.
+    pub fn serves_slots(&self, addr: &crate::config::Addr) -> bool {
+        self.cluster.as_ref().is_some_and(|c| {
+            c.table
+                .masters
+                .iter()
+                .position(|m| m == addr)
+                .is_some_and(|i| c.table.slots.contains(&(i as u16)))
+        })
+    }
+}
+
 /// The live topology of a pool, swapped whole on reload.
 pub type SharedTopology = Arc<ArcSwap<Topology>>;
 

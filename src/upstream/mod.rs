@@ -77,6 +77,10 @@ pub const MAX_REDIRECTS: u8 = 5;
 pub trait Redirect: Send + Sync + std::fmt::Debug {
     /// `from` is the node that replied; `lane` the connection's lane.
     fn redirect(&self, from: &Addr, lane: Lane, job: Job, reply: Bytes);
+
+    /// A connection to the node at `from` could not be made or was lost: it may have failed,
+    /// and the cluster may be promoting a replica in its place.
+    fn unreachable(&self, _from: &Addr) {}
 }
 
 /// A pool's [`Redirect`], shared by its node connections; equal when it is the same one.
@@ -726,6 +730,9 @@ async fn run_connection(t: Target, resp3: bool, health: Arc<Health>, jobs: Arc<Q
             Ok(s) => s,
             Err(f) => {
                 connect_failed(&health, &t.label, &f);
+                if let Some(hook) = &t.redirect {
+                    hook.0.unreachable(&t.addr);
+                }
                 let err = UpstreamError::Connect {
                     server: t.label.clone(),
                     reason: f.reason,
@@ -785,6 +792,9 @@ async fn run_connection(t: Target, resp3: bool, health: Arc<Health>, jobs: Arc<Q
         }
         pending.close();
         health.failure();
+        if let Some(hook) = &t.redirect {
+            hook.0.unreachable(&t.addr);
+        }
         let end = ended
             .lock()
             .unwrap_or_else(|e| e.into_inner())
