@@ -469,3 +469,107 @@ fn master_killed_under_load_fails_only_its_slots_until_its_replica_is_promoted()
     );
     assert_eq!(failovers, 1.0, "the failover is not counted");
 }
+
+/// The port of the master serving `key`, as the node `asked` sees it.
+fn owner_of(asked: u16, key: &str) -> u16 {
+    let slot = Client::connect(asked)
+        .call(&[b"CLUSTER", b"KEYSLOT", key.as_bytes()])
+        .int();
+    let slots = Client::connect(asked).words("CLUSTER SLOTS");
+    slots
+        .items()
+        .iter()
+        .find(|r| (r.items()[0].int()..=r.items()[1].int()).contains(&slot))
+        .map(|r| r.items()[2].items()[1].int() as u16)
+        .unwrap()
+}
+
+#[test]
+fn transactions_keep_to_one_slot_and_a_slot_moved_under_one_is_an_error_then_followed() {
+    let nodes = cluster();
+    let seed = nodes[0].port;
+    // A table refreshed only every minute: legate learns of the move below from the
+    // transaction's redirection alone.
+    let (port, admin) = (free_port(), free_port());
+    let yaml = format!(
+        "c:\n  listen: 127.0.0.1:{port}\n  redis: true\n  timeout: 5000\n  cluster: ['127.0.0.1:{seed}']\n  cluster_refresh: 60000\n"
+    );
+    let config = common::config_file(&yaml);
+    let _legate = common::legate_logged(&config, port, &["--admin", &format!("127.0.0.1:{admin}")]);
+    let mut c = Client::connect(port);
+
+    // One slot: the transaction runs, on the slot's master.
+    assert_eq!(c.words("MULTI"), Value::Simple("OK".into()));
+    assert_eq!(c.words("SET {u1}a 1"), Value::Simple("QUEUED".into()));
+    assert_eq!(c.words("INCR {u1}b"), Value::Simple("QUEUED".into()));
+    assert_eq!(c.words("EXEC").items().len(), 2);
+    assert_eq!(c.words("GET {u1}b").text(), "1");
+    // Keys of slots on different masters: refused in Redis Cluster's words, and nothing runs.
+    let (a, b) = (0..)
+        .map(|i| (format!("x{i}"), format!("y{i}")))
+        .find(|(a, b)| owner_of(seed, a) != owner_of(seed, b))
+        .unwrap();
+    assert_eq!(c.words("MULTI"), Value::Simple("OK".into()));
+    assert_eq!(c.call(&[b"SET", a.as_bytes(), b"1"]), Value::Simple("QUEUED".into()));
+    assert_eq!(
+        c.call(&[b"SET", b.as_bytes(), b"1"]),
+        Value::Error("CROSSSLOT Keys in request don't hash to the same slot".into())
+    );
+    assert!(matches!(c.words("EXEC"), Value::Error(e) if e.starts_with("EXECABORT")));
+    assert_eq!(c.call(&[b"EXISTS", a.as_bytes(), b.as_bytes()]).int(), 0);
+
+    // Move an empty slot to another master behind legate's back.
+    let key = "moving";
+    let from = owner_of(seed, key);
+    let to = nodes
+        .iter()
+        .map(|n| n.port)
+        .find(|p| *p != from && is_master(*p))
+        .unwrap();
+    let id = |p: u16| Client::connect(p).words("CLUSTER MYID").text();
+    let slot = Client::connect(seed)
+        .call(&[b"CLUSTER", b"KEYSLOT", key.as_bytes()])
+        .int()
+        .to_string();
+    let setslot = |on: u16, what: &str, node: u16| {
+        let v = Client::connect(on).call(&[
+            b"CLUSTER",
+            b"SETSLOT",
+            slot.as_bytes(),
+            what.as_bytes(),
+            id(node).as_bytes(),
+        ]);
+        assert_eq!(v, Value::Simple("OK".into()), "SETSLOT {what} on {on}");
+    };
+    setslot(to, "IMPORTING", from);
+    setslot(from, "MIGRATING", to);
+    setslot(to, "NODE", to);
+    setslot(from, "NODE", to);
+    // legate still thinks `from` serves the slot: the transaction's pin is there, and the node
+    // redirects the queued command.
+    assert_eq!(c.words("MULTI"), Value::Simple("OK".into()));
+    let e = c.call(&[b"SET", key.as_bytes(), b"v"]);
+    assert!(
+        matches!(&e, Value::Error(m) if m.starts_with("TRYAGAIN the cluster moved slot")),
+        "{e:?}"
+    );
+    assert!(matches!(c.words("EXEC"), Value::Error(e) if e.starts_with("EXECABORT")));
+    // The redirection refreshed legate's table: the transaction, retried, runs on `to`.
+    common::eventually("the retried transaction runs", || {
+        assert_eq!(c.words("MULTI"), Value::Simple("OK".into()));
+        let queued = c.call(&[b"SET", key.as_bytes(), b"v"]);
+        let exec = c.words("EXEC");
+        for v in [&queued, &exec] {
+            assert!(
+                !matches!(v, Value::Error(m) if m.starts_with("MOVED") || m.starts_with("ASK")),
+                "a redirection reached the client: {v:?}"
+            );
+        }
+        exec == Value::Array(vec![Value::Simple("OK".into())])
+    });
+    assert_eq!(
+        Client::connect(to).call(&[b"GET", key.as_bytes()]),
+        Value::Bulk(b"v".to_vec())
+    );
+    assert!(metric_of(admin, "legate_cluster_slot_table_generation", &[]) >= 2.0);
+}

@@ -10,6 +10,12 @@
 //! (and refreshes the table), ASK sends `ASKING` and the request to the node it names,
 //! TRYAGAIN and CLUSTERDOWN re-send after a short pause. A request is redirected at most
 //! [`crate::upstream::MAX_REDIRECTS`] times; after that the client gets the last error.
+//!
+//! A node whose connection cannot be made or is lost may be failing over: the table is then
+//! asked for every 100 ms (that node last) until it serves no slot, so its promoted
+//! replica is used as soon as the cluster has promoted it. A pinned connection (a client's
+//! transaction, blocked command or subscriptions) is not redirected: its client gets an error
+//! saying so, and the table is refreshed at once ([`crate::upstream::Redirect::stale`]).
 
 use super::control::{Control, Value};
 use super::{HealthEvents, SharedTopology, Topology};
@@ -292,6 +298,8 @@ enum Event {
     Redirected(Redirected),
     /// A node could not be reached: the table may be about to change.
     Unreachable(Addr),
+    /// A pinned connection was redirected to this node: the table is out of date.
+    Stale(Addr),
 }
 
 /// Takes redirections from the pool's node connections (any worker) to its follower task.
@@ -324,6 +332,12 @@ impl Redirect for Redirector {
 
     fn unreachable(&self, from: &Addr) {
         let _ = self.tx.send(Event::Unreachable(from.clone()));
+    }
+
+    fn stale(&self, reply: &[u8]) {
+        if let Some(Kind::Moved(to) | Kind::Ask(to)) = kind(reply) {
+            let _ = self.tx.send(Event::Stale(to));
+        }
     }
 }
 
@@ -462,6 +476,10 @@ async fn follow(
         };
         let r = match next {
             Some(Event::Redirected(r)) => r,
+            Some(Event::Stale(addr)) => {
+                stale = Some(addr);
+                continue;
+            }
             Some(Event::Unreachable(addr)) => {
                 let known = topo.load().servers.iter().any(|s| s.addr == addr);
                 if known && lost.as_ref().is_none_or(|(a, _)| *a != addr) {

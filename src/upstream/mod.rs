@@ -81,6 +81,30 @@ pub trait Redirect: Send + Sync + std::fmt::Debug {
     /// A connection to the node at `from` could not be made or was lost: it may have failed,
     /// and the cluster may be promoting a replica in its place.
     fn unreachable(&self, _from: &Addr) {}
+
+    /// A pinned connection (a transaction, a blocking command, a subscription), which legate
+    /// does not redirect, got `reply` (`-MOVED` or `-ASK`): the slot table is out of date.
+    fn stale(&self, _reply: &[u8]) {}
+}
+
+/// What the client of a pinned connection gets instead of the node's `-MOVED` / `-ASK`: legate
+/// hides redirections, and this one it cannot follow (the connection holds the client's
+/// transaction, blocked command or subscriptions, which the node named does not have).
+fn pinned_redirection(reply: &[u8], label: &str) -> Bytes {
+    let text = String::from_utf8_lossy(reply.get(1..reply.len().saturating_sub(2)).unwrap_or_default());
+    let mut words = text.split(' ');
+    let (kind, slot, to) = (
+        words.next().unwrap_or(""),
+        words.next().unwrap_or("?"),
+        words.next().unwrap_or("?"),
+    );
+    let clean = |s: &str| -> String { s.chars().filter(|c| !c.is_control()).take(64).collect() };
+    Bytes::from(format!(
+        "-TRYAGAIN the cluster moved slot {} to {} ({}) while this client's transaction, blocking command or subscription holds a connection to {label}: the command did not run there (a transaction aborts at EXEC); legate is updating its slot table, retry\r\n",
+        clean(slot),
+        clean(to),
+        clean(kind)
+    ))
 }
 
 /// A pool's [`Redirect`], shared by its node connections; equal when it is the same one.
@@ -1052,6 +1076,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
                                 } else {
                                     done.send(Ok(reply));
                                 }
+                            }
+                            (Some(hook), None) if reply.starts_with(b"-MOVED ") || reply.starts_with(b"-ASK ") => {
+                                hook.0.stale(&reply);
+                                done.send(Ok(pinned_redirection(&reply, &r.label)));
                             }
                             _ => done.send(Ok(reply)),
                         }
