@@ -885,6 +885,14 @@ pub fn redis(
                 Ok(slot) => return slot,
                 Err(frame) => frame,
             };
+            // `read_from`: a cluster pool's reads may go to a replica of the slot's master.
+            let server = match cmd.read_only() && !topo.replicas_of.is_empty() {
+                false => server,
+                true => match topo.reader_for(server) {
+                    Some(s) => s,
+                    None => return redis_error(NO_REPLICA.into()),
+                },
+            };
             send_one(
                 topo,
                 q,
@@ -1027,6 +1035,9 @@ fn cross_shard(topo: &Topology, a: &[u8], sa: usize, b: &[u8], sb: usize) -> Slo
         topo.servers[sb].name
     )))
 }
+
+/// `read_from: replica` and the slot's master has no replica up.
+const NO_REPLICA: &str = "no replica of this key's master is up (read_from: replica)";
 
 /// A Redis Cluster's own refusal of keys in different slots (a cluster pool's keys must share a
 /// slot where a static pool's must share a shard).

@@ -573,3 +573,65 @@ fn transactions_keep_to_one_slot_and_a_slot_moved_under_one_is_an_error_then_fol
     );
     assert!(metric_of(admin, "legate_cluster_slot_table_generation", &[]) >= 2.0);
 }
+
+/// `calls=` of `cmdstat_<command>` in the node's INFO commandstats (0 when never called).
+fn calls(port: u16, command: &str) -> i64 {
+    let info = Client::connect(port).words("INFO commandstats").text();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[test]
+fn read_from_replica_sends_reads_to_replicas_and_writes_to_masters() {
+    let nodes = cluster();
+    let seed = nodes[0].port;
+    let (port, admin) = (free_port(), free_port());
+    let yaml = format!(
+        "c:\n  listen: 127.0.0.1:{port}\n  redis: true\n  timeout: 5000\n  cluster: ['127.0.0.1:{seed}']\n  cluster_refresh: 500\n  read_from: replica\n"
+    );
+    let config = common::config_file(&yaml);
+    let _legate = common::legate_logged(&config, port, &["--admin", &format!("127.0.0.1:{admin}")]);
+    for n in &nodes {
+        assert_eq!(Client::connect(n.port).words("CONFIG RESETSTAT").text(), "OK");
+    }
+    let mut c = Client::connect(port);
+    for i in 0..100 {
+        let k = format!("r:{i}");
+        assert_eq!(
+            c.call(&[b"SET", k.as_bytes(), k.as_bytes()]),
+            Value::Simple("OK".into())
+        );
+    }
+    // Each read is answered by a replica once it has the write.
+    for i in 0..100 {
+        let k = format!("r:{i}");
+        common::eventually("the replica has the write", || {
+            c.call(&[b"GET", k.as_bytes()]) == Value::Bulk(k.clone().into_bytes())
+        });
+    }
+    let (masters, replicas): (Vec<u16>, Vec<u16>) = nodes.iter().map(|n| n.port).partition(|p| is_master(*p));
+    let sum = |ports: &[u16], cmd: &str| ports.iter().map(|p| calls(*p, cmd)).sum::<i64>();
+    println!(
+        "read_from: replica: GET calls on the masters {}, on the replicas {}; SET calls on the masters {}",
+        sum(&masters, "get"),
+        sum(&replicas, "get"),
+        sum(&masters, "set")
+    );
+    assert_eq!(sum(&masters, "get"), 0, "a read went to a master");
+    assert!(sum(&replicas, "get") >= 100, "the reads did not reach the replicas");
+    assert_eq!(sum(&masters, "set"), 100, "the writes did not all land on the masters");
+    assert_eq!(
+        masters
+            .iter()
+            .map(|p| Client::connect(*p).words("DBSIZE").int())
+            .sum::<i64>(),
+        100
+    );
+    // Writes go on landing on the masters, and reads follow them.
+    assert_eq!(c.words("INCR r:counter").int(), 1);
+    common::eventually("the replica has the increment", || {
+        c.words("GET r:counter") == Value::Bulk(b"1".to_vec())
+    });
+}

@@ -481,7 +481,8 @@ async fn follow(
                 continue;
             }
             Some(Event::Unreachable(addr)) => {
-                let known = topo.load().servers.iter().any(|s| s.addr == addr);
+                let t = topo.load();
+                let known = t.servers.iter().chain(&t.replicas).any(|s| s.addr == addr);
                 if known && lost.as_ref().is_none_or(|(a, _)| *a != addr) {
                     tracing::info!(pool = %pool, node = %addr, "cluster node unreachable: following its failover");
                 }

@@ -273,6 +273,8 @@ struct Target {
     max_pinned: usize,
     /// A cluster node's: where its redirections go.
     redirect: Option<RedirectHook>,
+    /// A cluster replica taking reads: each connection says `READONLY` first.
+    readonly: bool,
 }
 
 fn target(pool: &PoolConfig, server: &ServerConfig, tls: &PoolTls) -> Target {
@@ -294,6 +296,7 @@ fn target(pool: &PoolConfig, server: &ServerConfig, tls: &PoolTls) -> Target {
         max_reply: pool.max_reply_bytes,
         max_pinned: pool.max_pinned_connections,
         redirect: None,
+        readonly: false,
     }
 }
 
@@ -323,10 +326,48 @@ impl Server {
         commands: &Arc<CommandLatency>,
         redirect: Option<RedirectHook>,
     ) -> Arc<Server> {
-        let target = Target {
-            redirect,
-            ..target(pool, server, tls)
-        };
+        Server::start_target(
+            pool,
+            server,
+            Target {
+                redirect,
+                ..target(pool, server, tls)
+            },
+            events,
+            commands,
+        )
+    }
+
+    /// A cluster replica that takes reads (`read_from`): every connection says `READONLY`
+    /// first; its redirections go to `redirect`.
+    pub fn start_replica(
+        pool: &PoolConfig,
+        server: &ServerConfig,
+        tls: &PoolTls,
+        commands: &Arc<CommandLatency>,
+        redirect: Option<RedirectHook>,
+    ) -> Arc<Server> {
+        Server::start_target(
+            pool,
+            server,
+            Target {
+                redirect,
+                readonly: true,
+                auto_eject: false,
+                ..target(pool, server, tls)
+            },
+            None,
+            commands,
+        )
+    }
+
+    fn start_target(
+        pool: &PoolConfig,
+        server: &ServerConfig,
+        target: Target,
+        events: Option<mpsc::UnboundedSender<()>>,
+        commands: &Arc<CommandLatency>,
+    ) -> Arc<Server> {
         let stats = ServerStats::new(&pool.name, &target.label, commands.clone());
         let health = Arc::new(Health {
             failures: AtomicU32::new(0),
@@ -482,6 +523,23 @@ impl Server {
             }
     }
 
+    /// [`Server::same_connections_with`] for a replica started by [`Server::start_replica`].
+    pub fn same_replica_connections(
+        &self,
+        pool: &PoolConfig,
+        server: &ServerConfig,
+        tls: &PoolTls,
+        redirect: Option<&RedirectHook>,
+    ) -> bool {
+        self.target
+            == Target {
+                redirect: redirect.cloned(),
+                readonly: true,
+                auto_eject: false,
+                ..target(pool, server, tls)
+            }
+    }
+
     /// Queue jobs on one of `worker`'s connections of `lane`, in order: always the same one for
     /// one `session`, so a session's requests to this server keep their order (a `noreply`
     /// write, or a pipelined write, is never overtaken by the same client's next read on
@@ -572,10 +630,15 @@ impl Outbox {
         self.per_server.is_empty()
     }
 
-    /// Queue everything on `servers` (the topology the jobs were routed with).
-    pub async fn flush(&mut self, servers: &[Arc<Server>]) {
+    /// Queue everything on `servers` (the topology the jobs were routed with), and on its
+    /// `replicas` taking reads (indexes past `servers`).
+    pub async fn flush(&mut self, servers: &[Arc<Server>], replicas: &[Arc<Server>]) {
         for (server, lane, mut jobs) in self.per_server.drain(..) {
-            if let Some(s) = servers.get(server) {
+            let s = match server.checked_sub(servers.len()) {
+                None => servers.get(server),
+                Some(r) => replicas.get(r),
+            };
+            if let Some(s) = s {
                 s.send(self.worker, lane, self.session, &mut jobs).await;
             }
         }
@@ -658,6 +721,10 @@ async fn connect(t: &Target, resp3: bool) -> Result<Stream, ConnectFailure> {
         if t.redis_db != 0 {
             let db = t.redis_db.to_string();
             redis::encode_command(&mut hello, [&b"SELECT"[..], db.as_bytes()].into_iter());
+            expected += 1;
+        }
+        if t.readonly {
+            redis::encode_command(&mut hello, [&b"READONLY"[..]].into_iter());
             expected += 1;
         }
         if expected > 0 {
