@@ -635,3 +635,28 @@ fn read_from_replica_sends_reads_to_replicas_and_writes_to_masters() {
         c.words("GET r:counter") == Value::Bulk(b"1".to_vec())
     });
 }
+
+#[test]
+fn the_adapter_scrapes_every_node_of_a_cluster_pool() {
+    let nodes = cluster();
+    let seed = nodes[0].port;
+    let (port, admin) = (free_port(), free_port());
+    let yaml = format!("c:\n  listen: 127.0.0.1:{port}\n  redis: true\n  cluster: ['127.0.0.1:{seed}']\n");
+    let config = common::config_file(&yaml);
+    let _legate = common::legate_logged(
+        &config,
+        port,
+        &["--admin", &format!("127.0.0.1:{admin}"), "--scrape-interval", "0.2"],
+    );
+    let server = |p: u16| format!("server=\"127.0.0.1:{p}\"");
+    // Masters and replicas alike, under the same names.
+    common::eventually("every node is scraped", || {
+        let (_, m) = common::http(admin, "GET", "/metrics");
+        nodes.iter().all(|n| {
+            common::metric(&m, "legate_backend_up", &[&server(n.port)]) == Some(1.0)
+                && common::metric(&m, "legate_backend_uptime_seconds", &[&server(n.port)]).is_some()
+        })
+    });
+    let (_, m) = common::http(admin, "GET", "/metrics");
+    assert!(common::metric(&m, "legate_cluster_slot_table_generation", &[]).is_some_and(|g| g >= 1.0));
+}

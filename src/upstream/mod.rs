@@ -432,43 +432,65 @@ impl Server {
     /// # Errors
     /// The server cannot be reached or answers something else.
     pub async fn info(&self) -> Result<String, String> {
-        /// Redis INFO and memcached stats are a few KB: anything past this is refused.
-        const STATS_REPLY_BYTES: usize = 1024 * 1024;
-        let ask = async {
-            let mut s = connect(&self.target, false).await.map_err(|f| f.reason)?;
-            if self.target.protocol == Protocol::Tcp {
-                return Ok(String::new()); // up when it accepts a connection; nothing to ask
-            }
-            let redis = self.target.protocol == Protocol::Redis;
-            s.write_all(if redis { b"INFO\r\n" } else { b"stats\r\n" })
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut buf = BytesMut::new();
-            let mut scan = redis::ReplyScan::with_limit(STATS_REPLY_BYTES);
-            loop {
-                if buf.len() > STATS_REPLY_BYTES {
-                    // Not statistics: a server (or whatever listens there) streaming at us.
-                    return Err(format!("statistics reply over {STATS_REPLY_BYTES} bytes"));
-                }
-                if redis {
-                    if let Some(n) = redis::scan_reply(&buf, &mut scan).map_err(|e| e.to_string())? {
-                        let reply = &buf[..n];
-                        let body = reply.splitn(2, |&c| c == b'\n').nth(1).unwrap_or_default();
-                        return Ok(String::from_utf8_lossy(body).into_owned());
-                    }
-                } else if buf.ends_with(b"END\r\n") || buf.starts_with(b"ERROR") {
-                    return Ok(String::from_utf8_lossy(&buf).into_owned());
-                }
-                if s.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
-                    return Err("closed".to_string());
-                }
-            }
-        };
-        tokio::time::timeout(self.target.connect_timeout.max(Duration::from_secs(1)), ask)
-            .await
-            .map_err(|_| "timed out".to_string())?
+        info_of(&self.target).await
     }
 
+    /// [`Server::info`] of a node of `pool` that is not one of its servers (a cluster replica
+    /// that takes no reads), connected as the pool's servers are.
+    ///
+    /// # Errors
+    /// The node cannot be reached or answers something else.
+    pub async fn info_at(pool: &PoolConfig, addr: &Addr, tls: &PoolTls) -> Result<String, String> {
+        let server = ServerConfig {
+            addr: addr.clone(),
+            weight: 1,
+            alias: None,
+            name: addr.to_string(),
+        };
+        info_of(&target(pool, &server, tls)).await
+    }
+}
+
+/// A server's statistics on a connection of their own ([`Server::info`]).
+async fn info_of(target: &Target) -> Result<String, String> {
+    /// Redis INFO and memcached stats are a few KB: anything past this is refused.
+    const STATS_REPLY_BYTES: usize = 1024 * 1024;
+    let ask = async {
+        let mut s = connect(target, false).await.map_err(|f| f.reason)?;
+        if target.protocol == Protocol::Tcp {
+            return Ok(String::new()); // up when it accepts a connection; nothing to ask
+        }
+        let redis = target.protocol == Protocol::Redis;
+        s.write_all(if redis { b"INFO\r\n" } else { b"stats\r\n" })
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf = BytesMut::new();
+        let mut scan = redis::ReplyScan::with_limit(STATS_REPLY_BYTES);
+        loop {
+            if buf.len() > STATS_REPLY_BYTES {
+                // Not statistics: a server (or whatever listens there) streaming at us.
+                return Err(format!("statistics reply over {STATS_REPLY_BYTES} bytes"));
+            }
+            if redis {
+                if let Some(n) = redis::scan_reply(&buf, &mut scan).map_err(|e| e.to_string())? {
+                    let reply = &buf[..n];
+                    let body = reply.splitn(2, |&c| c == b'\n').nth(1).unwrap_or_default();
+                    return Ok(String::from_utf8_lossy(body).into_owned());
+                }
+            } else if buf.ends_with(b"END\r\n") || buf.starts_with(b"ERROR") {
+                return Ok(String::from_utf8_lossy(&buf).into_owned());
+            }
+            if s.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+                return Err("closed".to_string());
+            }
+        }
+    };
+    tokio::time::timeout(target.connect_timeout.max(Duration::from_secs(1)), ask)
+        .await
+        .map_err(|_| "timed out".to_string())?
+}
+
+impl Server {
     /// Try a fresh connection (with AUTH/SELECT); on success the server rejoins.
     pub async fn probe(&self) -> bool {
         match connect(&self.target, false).await {
