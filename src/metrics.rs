@@ -655,6 +655,9 @@ pub const SENTINEL_FAILOVERS: &str = "legate_sentinel_failovers_total";
 pub const CLUSTER_REDIRECTIONS: &str = "legate_cluster_redirections_total";
 /// A cluster pool's slot table generation: 1 at start, one more per change learned.
 pub const CLUSTER_TABLE_GENERATION: &str = "legate_cluster_slot_table_generation";
+/// Failovers a cluster pool followed: a master that served slots left the table's masters
+/// (label `pool`).
+pub const CLUSTER_FAILOVERS: &str = "legate_cluster_failovers_total";
 
 /// Config reload outcomes and the running generation.
 pub fn reload_result(ok: bool, generation: u64) {
@@ -750,6 +753,10 @@ pub fn describe() {
     describe_gauge!(
         CLUSTER_TABLE_GENERATION,
         "A cluster pool's slot table generation: 1 at start, +1 per change learned."
+    );
+    describe_counter!(
+        CLUSTER_FAILOVERS,
+        "Failovers a cluster pool followed: a master that served slots is no longer one of the table's masters."
     );
     describe_counter!(
         "legate_config_reloads_total",

@@ -885,6 +885,14 @@ pub fn redis(
                 Ok(slot) => return slot,
                 Err(frame) => frame,
             };
+            // `read_from`: a cluster pool's reads may go to a replica of the slot's master.
+            let server = match cmd.read_only() && !topo.replicas_of.is_empty() {
+                false => server,
+                true => match topo.reader_for(server) {
+                    Some(s) => s,
+                    None => return redis_error(NO_REPLICA.into()),
+                },
+            };
             send_one(
                 topo,
                 q,
@@ -1016,6 +1024,9 @@ fn one_shard<'a>(
 
 /// Redis Cluster's error for keys in different slots, with the keys and servers named.
 fn cross_shard(topo: &Topology, a: &[u8], sa: usize, b: &[u8], sb: usize) -> Slot {
+    if topo.cluster.is_some() {
+        return Slot::Ready(Bytes::from_static(CROSSSLOT));
+    }
     Slot::Ready(Bytes::from(format!(
         "-CROSSSLOT Keys in request don't hash to the same shard: '{}' is on {} and '{}' on {} (a hash tag like {{user1}} keeps keys together)\r\n",
         printable(a),
@@ -1024,6 +1035,13 @@ fn cross_shard(topo: &Topology, a: &[u8], sa: usize, b: &[u8], sb: usize) -> Slo
         topo.servers[sb].name
     )))
 }
+
+/// `read_from: replica` and the slot's master has no replica up.
+const NO_REPLICA: &str = "no replica of this key's master is up (read_from: replica)";
+
+/// A Redis Cluster's own refusal of keys in different slots (a cluster pool's keys must share a
+/// slot where a static pool's must share a shard).
+const CROSSSLOT: &[u8] = b"-CROSSSLOT Keys in request don't hash to the same slot\r\n";
 
 /// Redis 7.0's reply to an unknown command or subcommand.
 fn unknown_command(unknown: redis::Unknown, frame: &Bytes, req: &redis::Request) -> Bytes {

@@ -8,7 +8,7 @@ pub mod cluster;
 pub mod control;
 pub mod sentinel;
 
-use crate::config::{PoolConfig, Source};
+use crate::config::{PoolConfig, ReadFrom, Source};
 use crate::hash::{cluster_slot, hash_tag_span, Ring, RingServer};
 use crate::metrics::PoolStats;
 use crate::tls::PoolTls;
@@ -33,6 +33,11 @@ pub struct Topology {
     pub next: AtomicUsize,
     /// A Redis Cluster pool's slot table (its servers are the table's masters, in order).
     pub cluster: Option<Arc<cluster::ClusterView>>,
+    /// A cluster pool's replicas that take reads (`read_from`), addressed past `servers`:
+    /// replica `j` is index `servers.len() + j` in an [`crate::upstream::Outbox`].
+    pub replicas: Vec<Arc<Server>>,
+    /// Per master (index in `servers`), its replicas' indexes in `replicas`.
+    pub replicas_of: Vec<Vec<usize>>,
 }
 
 /// Told when a server of the pool is ejected.
@@ -101,6 +106,36 @@ impl Topology {
             })
             .collect();
         let ring = Ring::build(&ring_servers, pool.distribution);
+        let read_from = match &pool.source {
+            Source::Cluster(c) => c.read_from,
+            _ => ReadFrom::Master,
+        };
+        let mut replicas: Vec<Arc<Server>> = Vec::new();
+        let mut replicas_of = Vec::new();
+        if let (Some(v), true) = (&view, read_from != ReadFrom::Master) {
+            for rs in &v.table.replicas {
+                let mut mine = Vec::with_capacity(rs.len());
+                for a in rs {
+                    let sc = crate::config::ServerConfig {
+                        addr: a.clone(),
+                        weight: 1,
+                        alias: None,
+                        name: a.to_string(),
+                    };
+                    let srv = old
+                        .and_then(|o| {
+                            o.replicas
+                                .iter()
+                                .find(|k| k.addr == *a && k.same_replica_connections(pool, &sc, &tls, hook))
+                        })
+                        .cloned()
+                        .unwrap_or_else(|| Server::start_replica(pool, &sc, &tls, &stats.commands, hook.cloned()));
+                    mine.push(replicas.len());
+                    replicas.push(srv);
+                }
+                replicas_of.push(mine);
+            }
+        }
         Topology {
             pool: pool.clone(),
             ring,
@@ -109,6 +144,8 @@ impl Topology {
             tls,
             next: AtomicUsize::new(0),
             cluster: view,
+            replicas,
+            replicas_of,
         }
     }
 
@@ -120,6 +157,40 @@ impl Topology {
         }
         self.ring
             .server_for(self.pool.hash, hash_tag_span(key, self.pool.hash_tag))
+    }
+}
+
+impl Topology {
+    /// Where a read-only command for the master `server` goes under the pool's `read_from`:
+    /// `server` itself, or one of its replicas (an index past `servers`), in turn. `None` with
+    /// `read_from: replica` when the master has no replica up.
+    pub fn reader_for(&self, server: usize) -> Option<usize> {
+        let read_from = match &self.pool.source {
+            Source::Cluster(c) => c.read_from,
+            _ => ReadFrom::Master,
+        };
+        if read_from == ReadFrom::Master {
+            return Some(server);
+        }
+        match self.replicas_of.get(server).map(Vec::as_slice).unwrap_or_default() {
+            [] if read_from == ReadFrom::PreferReplica => Some(server),
+            [] => None,
+            mine => {
+                let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Some(self.servers.len() + mine[n % mine.len()])
+            }
+        }
+    }
+
+    /// Whether the cluster master at `addr` serves any slot in this snapshot's table.
+    pub fn serves_slots(&self, addr: &crate::config::Addr) -> bool {
+        self.cluster.as_ref().is_some_and(|c| {
+            c.table
+                .masters
+                .iter()
+                .position(|m| m == addr)
+                .is_some_and(|i| c.table.slots.contains(&(i as u16)))
+        })
     }
 }
 

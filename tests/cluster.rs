@@ -39,6 +39,10 @@ fn cluster() -> Vec<Proc> {
                     &dir.join("nodes.conf").display().to_string(),
                     "--cluster-node-timeout",
                     "2000",
+                    // A replica's first sync starts at once (it waits 5 s by default), so it
+                    // has data and can be promoted from the start of the test.
+                    "--repl-diskless-sync-delay",
+                    "0",
                     "--dir",
                     &dir.display().to_string(),
                 ],
@@ -57,6 +61,19 @@ fn cluster() -> Vec<Proc> {
                 .words("CLUSTER INFO")
                 .text()
                 .contains("cluster_state:ok")
+        });
+    }
+    for n in &nodes {
+        common::eventually("every node knows the replicas as replicas", || {
+            let text = Client::connect(n.port).words("CLUSTER NODES").text();
+            text.lines()
+                .filter(|l| l.split(' ').nth(2).is_some_and(|f| f.contains("slave")))
+                .count()
+                == 3
+        });
+        common::eventually("every replica is in sync with its master", || {
+            let info = Client::connect(n.port).words("INFO replication").text();
+            info.contains("role:master") || info.contains("master_link_status:up")
         });
     }
     common::eventually("the nodes agree about the slots", || {
@@ -129,10 +146,15 @@ fn keys_route_by_slot_and_multi_key_commands_split_by_slot() {
 /// What the load threads saw.
 #[derive(Default)]
 struct Seen {
-    failures: Vec<String>,
+    /// When, which key, what error.
+    failures: Vec<(Instant, String, String)>,
+    /// A reply that is neither the value just written nor an error.
     wrong: Vec<String>,
+    /// Good SET+GET rounds: when, which key.
+    ok: Vec<(Instant, String)>,
 }
 
+/// SET then GET the same key, over and over, checking both replies.
 fn load(port: u16, t: usize, stop: Arc<AtomicBool>, seen: Arc<Mutex<Seen>>, rounds: Arc<AtomicU64>) {
     let mut c = Client::connect(port);
     let mut i = 0u64;
@@ -140,10 +162,11 @@ fn load(port: u16, t: usize, stop: Arc<AtomicBool>, seen: Arc<Mutex<Seen>>, roun
         i += 1;
         let key = format!("load:{t}:{}", i % 200);
         let val = format!("{t}-{i}");
+        let fail = |e: String| seen.lock().unwrap().failures.push((Instant::now(), key.clone(), e));
         match c.call(&[b"SET", key.as_bytes(), val.as_bytes()]) {
             Value::Simple(s) if s == "OK" => {}
             Value::Error(e) => {
-                seen.lock().unwrap().failures.push(format!("SET {key}: {e}"));
+                fail(format!("SET: {e}"));
                 continue;
             }
             other => {
@@ -153,9 +176,10 @@ fn load(port: u16, t: usize, stop: Arc<AtomicBool>, seen: Arc<Mutex<Seen>>, roun
         }
         match c.call(&[b"GET", key.as_bytes()]) {
             Value::Bulk(v) if v == val.as_bytes() => {
+                seen.lock().unwrap().ok.push((Instant::now(), key));
                 rounds.fetch_add(1, Ordering::Relaxed);
             }
-            Value::Error(e) => seen.lock().unwrap().failures.push(format!("GET {key}: {e}")),
+            Value::Error(e) => fail(format!("GET: {e}")),
             other => seen
                 .lock()
                 .unwrap()
@@ -163,6 +187,76 @@ fn load(port: u16, t: usize, stop: Arc<AtomicBool>, seen: Arc<Mutex<Seen>>, roun
                 .push(format!("GET {key}: {other:?}, want {val}")),
         }
     }
+}
+
+/// Four load threads on legate's `port`.
+struct Load {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Seen>>,
+    rounds: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(port: u16) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let rounds = Arc::new(AtomicU64::new(0));
+        let threads = (0..4)
+            .map(|t| {
+                let (stop, seen, rounds) = (stop.clone(), seen.clone(), rounds.clone());
+                std::thread::spawn(move || load(port, t, stop, seen, rounds))
+            })
+            .collect();
+        let l = Load {
+            stop,
+            seen,
+            rounds,
+            threads,
+        };
+        common::eventually("the load runs", || l.rounds() > 2000);
+        l
+    }
+
+    fn rounds(&self) -> u64 {
+        self.rounds.load(Ordering::Relaxed)
+    }
+
+    /// Let `n` more rounds run, then stop.
+    fn finish(self, n: u64) -> Seen {
+        let at = self.rounds();
+        common::eventually("the load goes on", || self.rounds() > at + n);
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+fn assert_none_failed_or_wrong(seen: &Seen) {
+    assert!(
+        seen.wrong.is_empty(),
+        "wrong replies: {:?}",
+        &seen.wrong[..seen.wrong.len().min(10)]
+    );
+    assert!(
+        seen.failures.is_empty(),
+        "failed: {:?}",
+        &seen.failures[..seen.failures.len().min(10)]
+    );
+}
+
+fn metric_of(admin: u16, name: &str, has: &[&str]) -> f64 {
+    let (_, metrics) = common::http(admin, "GET", "/metrics");
+    common::metric(&metrics, name, has).unwrap_or(0.0)
+}
+
+/// The node (port) whose replica `replica` is.
+fn master_of(replica: u16) -> u16 {
+    let role = Client::connect(replica).words("ROLE");
+    assert_eq!(role.items()[0].text(), "slave");
+    role.items()[2].int() as u16
 }
 
 #[test]
@@ -175,17 +269,8 @@ fn resharding_1000_slots_under_load_fails_nothing() {
     let (from, to) = (id(masters[0]), id(masters[1]));
     let (legate, port, admin) = legate_on(nodes[5].port);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let rounds = Arc::new(AtomicU64::new(0));
-    let threads: Vec<_> = (0..4)
-        .map(|t| {
-            let (stop, seen, rounds) = (stop.clone(), seen.clone(), rounds.clone());
-            std::thread::spawn(move || load(port, t, stop, seen, rounds))
-        })
-        .collect();
-    common::eventually("the load runs", || rounds.load(Ordering::Relaxed) > 2000);
-    let before = rounds.load(Ordering::Relaxed);
+    let load = Load::start(port);
+    let before = load.rounds();
     let started = Instant::now();
     common::run(Command::new(&cli).args([
         "--cluster",
@@ -201,15 +286,9 @@ fn resharding_1000_slots_under_load_fails_nothing() {
     ]));
     let took = started.elapsed();
     // Some more load after the move, on the new table.
-    let after = rounds.load(Ordering::Relaxed);
-    common::eventually("the load goes on after the resharding", || {
-        rounds.load(Ordering::Relaxed) > after + 2000
-    });
-    stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        t.join().unwrap();
-    }
-    let seen = seen.lock().unwrap();
+    let after = load.rounds();
+    let rounds = load.rounds.clone();
+    let seen = load.finish(2000);
     let (_, metrics) = common::http(admin, "GET", "/metrics");
     let m = |kind: &str| {
         common::metric(
@@ -231,19 +310,353 @@ fn resharding_1000_slots_under_load_fails_nothing() {
         m("tryagain"),
         common::metric(&metrics, "legate_cluster_slot_table_generation", &[]).unwrap_or(0.0)
     );
-    assert!(
-        seen.wrong.is_empty(),
-        "wrong replies: {:?}",
-        &seen.wrong[..seen.wrong.len().min(10)]
-    );
-    assert!(
-        seen.failures.is_empty(),
-        "failed: {:?}",
-        &seen.failures[..seen.failures.len().min(10)]
-    );
+    assert_none_failed_or_wrong(&seen);
     assert!(
         m("moved") + m("ask") > 0.0,
         "no redirection was followed: the test moved nothing"
     );
     legate.wait_log("cluster slot table changed");
+}
+
+#[test]
+fn manual_failover_under_load_fails_nothing() {
+    let nodes = cluster();
+    let replica = nodes.iter().map(|n| n.port).find(|p| !is_master(*p)).unwrap();
+    let old_master = master_of(replica);
+    let (legate, port, admin) = legate_on(nodes[0].port);
+
+    let load = Load::start(port);
+    let started = Instant::now();
+    assert_eq!(Client::connect(replica).words("CLUSTER FAILOVER").text(), "OK");
+    common::eventually("the replica is promoted", || is_master(replica));
+    let promoted = started.elapsed();
+    legate.wait_log("cluster slot table changed");
+    common::eventually("the old master serves as a replica", || !is_master(old_master));
+    let seen = load.finish(2000);
+    let failovers = metric_of(admin, "legate_cluster_failovers_total", &[]);
+    println!(
+        "cluster CLUSTER FAILOVER on a replica under load through legate: promoted in {} ms, {} good SET+GET rounds, {} failed, {} wrong; legate followed {} MOVED, {} TRYAGAIN/CLUSTERDOWN, {failovers} failover(s)",
+        promoted.as_millis(),
+        seen.ok.len(),
+        seen.failures.len(),
+        seen.wrong.len(),
+        metric_of(admin, "legate_cluster_redirections_total", &["kind=\"moved\""]),
+        metric_of(admin, "legate_cluster_redirections_total", &["kind=\"tryagain\""]),
+    );
+    assert_none_failed_or_wrong(&seen);
+    assert_eq!(failovers, 1.0, "the failover is not counted");
+    // The promoted node serves the old master's slots through legate.
+    let mut c = Client::connect(port);
+    let slots = Client::connect(replica).words("CLUSTER SLOTS");
+    let ranges: Vec<(i64, i64)> = slots
+        .items()
+        .iter()
+        .filter(|r| r.items()[2].items()[1].int() == i64::from(replica))
+        .map(|r| (r.items()[0].int(), r.items()[1].int()))
+        .collect();
+    assert!(!ranges.is_empty(), "the promoted replica serves no slot");
+    let key = (0..)
+        .map(|i| format!("mf:{i}"))
+        .find(|k| {
+            let slot = Client::connect(replica)
+                .call(&[b"CLUSTER", b"KEYSLOT", k.as_bytes()])
+                .int();
+            ranges.iter().any(|(a, b)| (*a..=*b).contains(&slot))
+        })
+        .unwrap();
+    assert_eq!(c.call(&[b"SET", key.as_bytes(), b"v"]), Value::Simple("OK".into()));
+    assert_eq!(
+        Client::connect(replica).call(&[b"GET", key.as_bytes()]),
+        Value::Bulk(b"v".to_vec())
+    );
+}
+
+#[test]
+fn master_killed_under_load_fails_only_its_slots_until_its_replica_is_promoted() {
+    let mut nodes = cluster();
+    let victim_at = nodes.iter().position(|n| is_master(n.port)).unwrap();
+    let victim = nodes[victim_at].port;
+    let replica = nodes
+        .iter()
+        .map(|n| n.port)
+        .find(|p| !is_master(*p) && master_of(*p) == victim)
+        .expect("the victim has a replica");
+    let seed = nodes.iter().map(|n| n.port).find(|p| *p != victim).unwrap();
+    let (legate, port, admin) = legate_on(seed);
+    // Which slots the victim serves, before it dies.
+    let slots = Client::connect(seed).words("CLUSTER SLOTS");
+    let victims: Vec<(i64, i64)> = slots
+        .items()
+        .iter()
+        .filter(|r| r.items()[2].items()[1].int() == i64::from(victim))
+        .map(|r| (r.items()[0].int(), r.items()[1].int()))
+        .collect();
+    assert!(!victims.is_empty());
+
+    let load = Load::start(port);
+    nodes[victim_at].child.kill().unwrap();
+    let killed = Instant::now();
+    let _ = nodes[victim_at].child.wait();
+    let mut promoted = None;
+    // Keep the load on until it has run 2 s without a failure after the promotion (at most
+    // 30 s after the kill).
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        if promoted.is_none() && is_master(replica) {
+            promoted = Some(killed.elapsed());
+        }
+        let last = load.seen.lock().unwrap().failures.last().map(|f| f.0).unwrap_or(killed);
+        if promoted.is_some() && last.elapsed() > std::time::Duration::from_secs(2) {
+            break;
+        }
+        assert!(
+            killed.elapsed() < std::time::Duration::from_secs(30),
+            "requests still failing 30 s after the kill (replica promoted: {promoted:?})"
+        );
+    }
+    let promoted = promoted.unwrap();
+    let seen = load.finish(2000);
+    legate.wait_log("cluster slot table changed");
+
+    let mut slot_of = std::collections::HashMap::new();
+    let mut on_victim = |k: &str| {
+        let slot = *slot_of.entry(k.to_string()).or_insert_with(|| {
+            Client::connect(seed)
+                .call(&[b"CLUSTER", b"KEYSLOT", k.as_bytes()])
+                .int()
+        });
+        victims.iter().any(|(a, b)| (*a..=*b).contains(&slot))
+    };
+    assert!(
+        seen.wrong.is_empty(),
+        "wrong replies: {:?}",
+        &seen.wrong[..seen.wrong.len().min(10)]
+    );
+    for (_, key, e) in &seen.failures {
+        assert!(
+            on_victim(key),
+            "{key} failed ({e}) but its slot is not the killed master's"
+        );
+    }
+    let ms = |t: Instant| t.duration_since(killed).as_millis();
+    let first_failure = seen.failures.first().map(|f| f.0);
+    let last_failure = seen.failures.last().map(|f| f.0);
+    let resumed = seen
+        .ok
+        .iter()
+        .find(|(at, k)| first_failure.is_some_and(|f| *at > f) && on_victim(k))
+        .map(|(at, _)| ms(*at));
+    assert!(
+        seen.ok
+            .iter()
+            .any(|(at, k)| last_failure.is_none_or(|l| *at > l) && on_victim(k)),
+        "the killed master's keys were not served after the last failure"
+    );
+    let failovers = metric_of(admin, "legate_cluster_failovers_total", &[]);
+    println!(
+        "cluster SIGKILL of a master under load through legate: replica promoted (ROLE master) at +{} ms; failure window {} ms (failures from +{} to +{} ms, first good round on its slots after them at +{} ms); {} failed requests, all on its slots; {} good SET+GET rounds, {} wrong; {failovers} failover(s) followed",
+        promoted.as_millis(),
+        match (first_failure, last_failure) {
+            (Some(f), Some(l)) => l.duration_since(f).as_millis(),
+            _ => 0,
+        },
+        first_failure.map(ms).unwrap_or(0),
+        last_failure.map(ms).unwrap_or(0),
+        resumed.unwrap_or(0),
+        seen.failures.len(),
+        seen.ok.len(),
+        seen.wrong.len(),
+    );
+    assert_eq!(failovers, 1.0, "the failover is not counted");
+}
+
+/// The port of the master serving `key`, as the node `asked` sees it.
+fn owner_of(asked: u16, key: &str) -> u16 {
+    let slot = Client::connect(asked)
+        .call(&[b"CLUSTER", b"KEYSLOT", key.as_bytes()])
+        .int();
+    let slots = Client::connect(asked).words("CLUSTER SLOTS");
+    slots
+        .items()
+        .iter()
+        .find(|r| (r.items()[0].int()..=r.items()[1].int()).contains(&slot))
+        .map(|r| r.items()[2].items()[1].int() as u16)
+        .unwrap()
+}
+
+#[test]
+fn transactions_keep_to_one_slot_and_a_slot_moved_under_one_is_an_error_then_followed() {
+    let nodes = cluster();
+    let seed = nodes[0].port;
+    // A table refreshed only every minute: legate learns of the move below from the
+    // transaction's redirection alone.
+    let (port, admin) = (free_port(), free_port());
+    let yaml = format!(
+        "c:\n  listen: 127.0.0.1:{port}\n  redis: true\n  timeout: 5000\n  cluster: ['127.0.0.1:{seed}']\n  cluster_refresh: 60000\n"
+    );
+    let config = common::config_file(&yaml);
+    let _legate = common::legate_logged(&config, port, &["--admin", &format!("127.0.0.1:{admin}")]);
+    let mut c = Client::connect(port);
+
+    // One slot: the transaction runs, on the slot's master.
+    assert_eq!(c.words("MULTI"), Value::Simple("OK".into()));
+    assert_eq!(c.words("SET {u1}a 1"), Value::Simple("QUEUED".into()));
+    assert_eq!(c.words("INCR {u1}b"), Value::Simple("QUEUED".into()));
+    assert_eq!(c.words("EXEC").items().len(), 2);
+    assert_eq!(c.words("GET {u1}b").text(), "1");
+    // Keys of slots on different masters: refused in Redis Cluster's words, and nothing runs.
+    let (a, b) = (0..)
+        .map(|i| (format!("x{i}"), format!("y{i}")))
+        .find(|(a, b)| owner_of(seed, a) != owner_of(seed, b))
+        .unwrap();
+    assert_eq!(c.words("MULTI"), Value::Simple("OK".into()));
+    assert_eq!(c.call(&[b"SET", a.as_bytes(), b"1"]), Value::Simple("QUEUED".into()));
+    assert_eq!(
+        c.call(&[b"SET", b.as_bytes(), b"1"]),
+        Value::Error("CROSSSLOT Keys in request don't hash to the same slot".into())
+    );
+    assert!(matches!(c.words("EXEC"), Value::Error(e) if e.starts_with("EXECABORT")));
+    assert_eq!(c.call(&[b"EXISTS", a.as_bytes(), b.as_bytes()]).int(), 0);
+
+    // Move an empty slot to another master behind legate's back.
+    let key = "moving";
+    let from = owner_of(seed, key);
+    let to = nodes
+        .iter()
+        .map(|n| n.port)
+        .find(|p| *p != from && is_master(*p))
+        .unwrap();
+    let id = |p: u16| Client::connect(p).words("CLUSTER MYID").text();
+    let slot = Client::connect(seed)
+        .call(&[b"CLUSTER", b"KEYSLOT", key.as_bytes()])
+        .int()
+        .to_string();
+    let setslot = |on: u16, what: &str, node: u16| {
+        let v = Client::connect(on).call(&[
+            b"CLUSTER",
+            b"SETSLOT",
+            slot.as_bytes(),
+            what.as_bytes(),
+            id(node).as_bytes(),
+        ]);
+        assert_eq!(v, Value::Simple("OK".into()), "SETSLOT {what} on {on}");
+    };
+    setslot(to, "IMPORTING", from);
+    setslot(from, "MIGRATING", to);
+    setslot(to, "NODE", to);
+    setslot(from, "NODE", to);
+    // legate still thinks `from` serves the slot: the transaction's pin is there, and the node
+    // redirects the queued command.
+    assert_eq!(c.words("MULTI"), Value::Simple("OK".into()));
+    let e = c.call(&[b"SET", key.as_bytes(), b"v"]);
+    assert!(
+        matches!(&e, Value::Error(m) if m.starts_with("TRYAGAIN the cluster moved slot")),
+        "{e:?}"
+    );
+    assert!(matches!(c.words("EXEC"), Value::Error(e) if e.starts_with("EXECABORT")));
+    // The redirection refreshed legate's table: the transaction, retried, runs on `to`.
+    common::eventually("the retried transaction runs", || {
+        assert_eq!(c.words("MULTI"), Value::Simple("OK".into()));
+        let queued = c.call(&[b"SET", key.as_bytes(), b"v"]);
+        let exec = c.words("EXEC");
+        for v in [&queued, &exec] {
+            assert!(
+                !matches!(v, Value::Error(m) if m.starts_with("MOVED") || m.starts_with("ASK")),
+                "a redirection reached the client: {v:?}"
+            );
+        }
+        exec == Value::Array(vec![Value::Simple("OK".into())])
+    });
+    assert_eq!(
+        Client::connect(to).call(&[b"GET", key.as_bytes()]),
+        Value::Bulk(b"v".to_vec())
+    );
+    assert!(metric_of(admin, "legate_cluster_slot_table_generation", &[]) >= 2.0);
+}
+
+/// `calls=` of `cmdstat_<command>` in the node's INFO commandstats (0 when never called).
+fn calls(port: u16, command: &str) -> i64 {
+    let info = Client::connect(port).words("INFO commandstats").text();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[test]
+fn read_from_replica_sends_reads_to_replicas_and_writes_to_masters() {
+    let nodes = cluster();
+    let seed = nodes[0].port;
+    let (port, admin) = (free_port(), free_port());
+    let yaml = format!(
+        "c:\n  listen: 127.0.0.1:{port}\n  redis: true\n  timeout: 5000\n  cluster: ['127.0.0.1:{seed}']\n  cluster_refresh: 500\n  read_from: replica\n"
+    );
+    let config = common::config_file(&yaml);
+    let _legate = common::legate_logged(&config, port, &["--admin", &format!("127.0.0.1:{admin}")]);
+    for n in &nodes {
+        assert_eq!(Client::connect(n.port).words("CONFIG RESETSTAT").text(), "OK");
+    }
+    let mut c = Client::connect(port);
+    for i in 0..100 {
+        let k = format!("r:{i}");
+        assert_eq!(
+            c.call(&[b"SET", k.as_bytes(), k.as_bytes()]),
+            Value::Simple("OK".into())
+        );
+    }
+    // Each read is answered by a replica once it has the write.
+    for i in 0..100 {
+        let k = format!("r:{i}");
+        common::eventually("the replica has the write", || {
+            c.call(&[b"GET", k.as_bytes()]) == Value::Bulk(k.clone().into_bytes())
+        });
+    }
+    let (masters, replicas): (Vec<u16>, Vec<u16>) = nodes.iter().map(|n| n.port).partition(|p| is_master(*p));
+    let sum = |ports: &[u16], cmd: &str| ports.iter().map(|p| calls(*p, cmd)).sum::<i64>();
+    println!(
+        "read_from: replica: GET calls on the masters {}, on the replicas {}; SET calls on the masters {}",
+        sum(&masters, "get"),
+        sum(&replicas, "get"),
+        sum(&masters, "set")
+    );
+    assert_eq!(sum(&masters, "get"), 0, "a read went to a master");
+    assert!(sum(&replicas, "get") >= 100, "the reads did not reach the replicas");
+    assert_eq!(sum(&masters, "set"), 100, "the writes did not all land on the masters");
+    assert_eq!(
+        masters
+            .iter()
+            .map(|p| Client::connect(*p).words("DBSIZE").int())
+            .sum::<i64>(),
+        100
+    );
+    // Writes go on landing on the masters, and reads follow them.
+    assert_eq!(c.words("INCR r:counter").int(), 1);
+    common::eventually("the replica has the increment", || {
+        c.words("GET r:counter") == Value::Bulk(b"1".to_vec())
+    });
+}
+
+#[test]
+fn the_adapter_scrapes_every_node_of_a_cluster_pool() {
+    let nodes = cluster();
+    let seed = nodes[0].port;
+    let (port, admin) = (free_port(), free_port());
+    let yaml = format!("c:\n  listen: 127.0.0.1:{port}\n  redis: true\n  cluster: ['127.0.0.1:{seed}']\n");
+    let config = common::config_file(&yaml);
+    let _legate = common::legate_logged(
+        &config,
+        port,
+        &["--admin", &format!("127.0.0.1:{admin}"), "--scrape-interval", "0.2"],
+    );
+    let server = |p: u16| format!("server=\"127.0.0.1:{p}\"");
+    // Masters and replicas alike, under the same names.
+    common::eventually("every node is scraped", || {
+        let (_, m) = common::http(admin, "GET", "/metrics");
+        nodes.iter().all(|n| {
+            common::metric(&m, "legate_backend_up", &[&server(n.port)]) == Some(1.0)
+                && common::metric(&m, "legate_backend_uptime_seconds", &[&server(n.port)]).is_some()
+        })
+    });
+    let (_, m) = common::http(admin, "GET", "/metrics");
+    assert!(common::metric(&m, "legate_cluster_slot_table_generation", &[]).is_some_and(|g| g >= 1.0));
 }

@@ -1,6 +1,8 @@
 //! The backend adapter: every server is asked for its own statistics on an interval (Redis
 //! `INFO`, memcached `stats`) and both are published under ONE set of metric names with the same
-//! labels (pool, server, protocol), so a dashboard needs no per-backend exporter.
+//! labels (pool, server, protocol), so a dashboard needs no per-backend exporter. A cluster
+//! pool's every node is asked (masters and replicas, as its slot table lists them); a Sentinel
+//! pool's every master.
 
 use crate::config::Protocol;
 use crate::topology::SharedTopology;
@@ -119,11 +121,23 @@ pub async fn scrape_once(pools: &[SharedTopology], backends: &Backends) {
     let mut asks = Vec::new();
     for topo in pools {
         let t = topo.load_full();
-        for s in &t.servers {
+        for s in t.servers.iter().chain(&t.replicas) {
             let (t, s) = (t.clone(), s.clone());
             asks.push(tokio::spawn(async move {
                 let result = s.info().await;
                 (t.pool.name.clone(), t.pool.protocol, s.addr.to_string(), result)
+            }));
+        }
+        // A cluster pool's replicas that take no reads are asked too.
+        let idle_replicas = t.cluster.iter().flat_map(|c| c.table.replicas.iter().flatten());
+        for a in idle_replicas {
+            if t.replicas.iter().any(|r| r.addr == *a) {
+                continue;
+            }
+            let (t, a) = (t.clone(), a.clone());
+            asks.push(tokio::spawn(async move {
+                let result = crate::upstream::Server::info_at(&t.pool, &a, &t.tls).await;
+                (t.pool.name.clone(), t.pool.protocol, a.to_string(), result)
             }));
         }
     }

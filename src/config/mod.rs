@@ -114,6 +114,20 @@ pub struct ClusterConfig {
     pub seeds: Vec<Addr>,
     /// How often the slot table is refreshed besides after a MOVED (`cluster_refresh`, ms).
     pub refresh: Duration,
+    /// Where read-only commands go (`read_from`).
+    pub read_from: ReadFrom,
+}
+
+/// `read_from` (legate): where a cluster pool's read-only commands go. Writes, and anything
+/// legate does not know to be read-only, always go to the slot's master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadFrom {
+    #[default]
+    Master,
+    /// A replica of the slot's master (an error when it has none up).
+    Replica,
+    /// A replica of the slot's master, or the master when it has none up.
+    PreferReplica,
 }
 
 /// Default `cluster_refresh`.
@@ -256,6 +270,7 @@ const KEYS: &[&str] = &[
     "sentinel_auth",
     "cluster",
     "cluster_refresh",
+    "read_from",
 ];
 
 const TLS_KEYS: &[&str] = &["ca_file", "server_name", "cert_file", "key_file", "verify"];
@@ -567,8 +582,10 @@ fn parse_pool(name: &str, v: Value) -> Result<PoolConfig, ConfigError> {
     };
     let cluster = match get.get("cluster") {
         None | Some(Value::Null) => {
-            if get.contains_key("cluster_refresh") {
-                return Err(err(name, "cluster_refresh", "is only valid with 'cluster'"));
+            for key in ["cluster_refresh", "read_from"] {
+                if get.contains_key(key) {
+                    return Err(err(name, key, "is only valid with 'cluster'"));
+                }
             }
             None
         }
@@ -604,6 +621,12 @@ fn parse_pool(name: &str, v: Value) -> Result<PoolConfig, ConfigError> {
                 refresh: Duration::from_millis(
                     num("cluster_refresh", DEFAULT_CLUSTER_REFRESH.as_millis() as i64, 100)? as u64,
                 ),
+                read_from: match s("read_from")?.as_deref() {
+                    None | Some("master") => ReadFrom::Master,
+                    Some("replica") => ReadFrom::Replica,
+                    Some("prefer_replica") => ReadFrom::PreferReplica,
+                    Some(_) => return Err(err(name, "read_from", "must be master, replica or prefer_replica")),
+                },
             })
         }
     };
@@ -1048,6 +1071,14 @@ delta:
             panic!("not a cluster pool: {:?}", c.pools[0].source)
         };
         assert_eq!((cl.seeds.len(), cl.refresh), (2, Duration::from_secs(3)));
+        assert_eq!(cl.read_from, ReadFrom::Master);
+        let c = Config::parse(
+            "p:\n  listen: 127.0.0.1:1\n  redis: true\n  cluster: ['10.0.0.1:7000']\n  read_from: prefer_replica\n",
+        )
+        .unwrap();
+        assert!(matches!(&c.pools[0].source, Source::Cluster(cl) if cl.read_from == ReadFrom::PreferReplica));
+        let e = refused("p:\n  listen: 127.0.0.1:1\n  redis: true\n  read_from: replica\n  servers: ['a:1:1']\n");
+        assert_eq!(e.key.as_deref(), Some("read_from"));
         let base = "p:\n  listen: 127.0.0.1:1\n  redis: true\n  cluster: ['10.0.0.1:7000']\n";
         for (extra, key) in [
             ("  servers: ['a:1:1']\n", "servers"),
@@ -1056,6 +1087,7 @@ delta:
             ("  auto_eject_hosts: true\n", "auto_eject_hosts"),
             ("  redis_db: 2\n", "redis_db"),
             ("  cluster_refresh: 1\n", "cluster_refresh"),
+            ("  read_from: replicas\n", "read_from"),
         ] {
             let e = refused(&format!("{base}{extra}"));
             assert_eq!(e.key.as_deref(), Some(key), "{extra}: {e}");

@@ -488,6 +488,9 @@ fn in_multi(
     };
     let p = &mut session.pinning;
     if let (Some(s), Some(pin)) = (target, &p.tx) {
+        if pin.server_id != topo.servers[s].id && topo.cluster.is_some() {
+            return refuse(session, Slot::Ready(Bytes::from_static(super::CROSSSLOT)));
+        }
         if pin.server_id != topo.servers[s].id {
             let on = server_name(topo, pin.server_id);
             let msg = format!(

@@ -326,7 +326,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
             let mut stop = false;
             loop {
                 if !q.has_room() {
-                    outbox.flush(&t.servers).await;
+                    outbox.flush(&t.servers, &t.replicas).await;
                     if !q.room().await {
                         return false;
                     }
@@ -390,7 +390,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
                                 while let Slot::Barrier(frame) = slot {
                                     // Moving between shared and pinned connections: what was
                                     // sent before must be answered before this is sent.
-                                    outbox.flush(&t.servers).await;
+                                    outbox.flush(&t.servers, &t.replicas).await;
                                     q.settled().await;
                                     slot = router::redis(&t, q, &mut outbox, frame, &req, &mut session);
                                 }
@@ -429,7 +429,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
                 }
             }
             // Everything routed from this read goes out together, a batch per server.
-            outbox.flush(&t.servers).await;
+            outbox.flush(&t.servers, &t.replicas).await;
             if stop {
                 return false;
             }

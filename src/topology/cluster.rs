@@ -10,6 +10,12 @@
 //! (and refreshes the table), ASK sends `ASKING` and the request to the node it names,
 //! TRYAGAIN and CLUSTERDOWN re-send after a short pause. A request is redirected at most
 //! [`crate::upstream::MAX_REDIRECTS`] times; after that the client gets the last error.
+//!
+//! A node whose connection cannot be made or is lost may be failing over: the table is then
+//! asked for every 100 ms (that node last) until it serves no slot, so its promoted
+//! replica is used as soon as the cluster has promoted it. A pinned connection (a client's
+//! transaction, blocked command or subscriptions) is not redirected: its client gets an error
+//! saying so, and the table is refreshed at once ([`crate::upstream::Redirect::stale`]).
 
 use super::control::{Control, Value};
 use super::{HealthEvents, SharedTopology, Topology};
@@ -20,13 +26,17 @@ use bytes::Bytes;
 use smallvec::smallvec;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// A slot no master serves.
 pub const UNSERVED: u16 = u16::MAX;
 /// How long one node gets to connect and answer a table request.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+/// While a node is unreachable, how often the table is asked for.
+const LOST_REFRESH: Duration = Duration::from_millis(100);
+/// How long after a node was last unreachable the table is still asked for that often.
+const LOST_WATCH: Duration = Duration::from_secs(30);
 
 /// Which master serves each slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +45,8 @@ pub struct SlotTable {
     pub masters: Vec<Addr>,
     /// Per slot, an index into `masters` or [`UNSERVED`].
     pub slots: Box<[u16]>,
+    /// Per master (same order), its replicas that are online, in address order.
+    pub replicas: Vec<Vec<Addr>>,
 }
 
 impl SlotTable {
@@ -52,7 +64,28 @@ impl SlotTable {
         self.slots.iter().filter(|&&s| s != UNSERVED).count()
     }
 
-    fn from_ranges(mut ranges: Vec<(u16, u16, Addr)>, mut masters: Vec<Addr>) -> Option<SlotTable> {
+    /// Masters that served slots here and whose slots `next` gives to a node that was not a
+    /// master here: a replica promoted (a failover, manual or not; a resharding moves slots
+    /// between masters, new ones included, which join as masters without slots).
+    pub fn failovers(&self, next: &SlotTable) -> u64 {
+        let mut failed: Vec<u16> = Vec::new();
+        for (old, new) in self.slots.iter().zip(next.slots.iter()) {
+            if *old == UNSERVED || *new == UNSERVED || failed.contains(old) {
+                continue;
+            }
+            let (o, n) = (&self.masters[*old as usize], &next.masters[*new as usize]);
+            if o != n && !self.masters.contains(n) {
+                failed.push(*old);
+            }
+        }
+        failed.len() as u64
+    }
+
+    fn from_ranges(
+        mut ranges: Vec<(u16, u16, Addr)>,
+        mut masters: Vec<Addr>,
+        replicas_of: Vec<(Addr, Addr)>,
+    ) -> Option<SlotTable> {
         for (_, _, a) in &ranges {
             if !masters.contains(a) {
                 masters.push(a.clone());
@@ -72,7 +105,22 @@ impl SlotTable {
             let i = masters.iter().position(|m| *m == a)? as u16;
             slots[start as usize..=end as usize].fill(i);
         }
-        Some(SlotTable { masters, slots })
+        let mut replicas = vec![Vec::new(); masters.len()];
+        for (m, r) in replicas_of {
+            if let Some(i) = masters.iter().position(|x| *x == m) {
+                if !replicas[i].contains(&r) && !masters.contains(&r) {
+                    replicas[i].push(r);
+                }
+            }
+        }
+        for r in &mut replicas {
+            r.sort_by_key(|a| a.to_string());
+        }
+        Some(SlotTable {
+            masters,
+            slots,
+            replicas,
+        })
     }
 }
 
@@ -93,6 +141,7 @@ fn node_addr(host: Option<String>, port: Option<i64>, asked: &Addr) -> Option<Ad
 pub fn parse_shards(v: &Value, asked: &Addr) -> Option<SlotTable> {
     let mut ranges = Vec::new();
     let mut masters = Vec::new();
+    let mut replicas = Vec::new();
     for shard in v.items()? {
         let nodes = shard.field("nodes")?.items()?;
         // After a failover a shard can list its failed old master too: the one online wins.
@@ -111,12 +160,24 @@ pub fn parse_shards(v: &Value, asked: &Addr) -> Option<SlotTable> {
         let Some(master) = master else {
             continue; // a shard whose master failed and has no replacement yet
         };
-        let host = master
-            .field("endpoint")
-            .and_then(Value::text)
-            .filter(|e| e != "?" && !e.is_empty())
-            .or_else(|| master.field("ip").and_then(Value::text));
-        let addr = node_addr(host, master.field("port").and_then(Value::int), asked)?;
+        let addr_of = |n: &Value| {
+            let host = n
+                .field("endpoint")
+                .and_then(Value::text)
+                .filter(|e| e != "?" && !e.is_empty())
+                .or_else(|| n.field("ip").and_then(Value::text));
+            node_addr(host, n.field("port").and_then(Value::int), asked)
+        };
+        let addr = addr_of(master)?;
+        for n in nodes {
+            if n.field("role").and_then(Value::text).as_deref() == Some("replica")
+                && health(&n).as_deref() == Some("online")
+            {
+                if let Some(r) = addr_of(n) {
+                    replicas.push((addr.clone(), r));
+                }
+            }
+        }
         let bounds = shard.field("slots")?.items()?;
         if bounds.len() % 2 != 0 {
             return None;
@@ -127,20 +188,27 @@ pub fn parse_shards(v: &Value, asked: &Addr) -> Option<SlotTable> {
         }
         masters.push(addr);
     }
-    SlotTable::from_ranges(ranges, masters)
+    SlotTable::from_ranges(ranges, masters, replicas)
 }
 
 /// Parse a `CLUSTER SLOTS` reply (any version with cluster support), asked of `asked`.
 pub fn parse_slots(v: &Value, asked: &Addr) -> Option<SlotTable> {
     let mut ranges = Vec::new();
+    let mut replicas = Vec::new();
     for range in v.items()? {
         let r = range.items()?;
         let (s, e) = (r.first()?.int()?, r.get(1)?.int()?);
         let master = r.get(2)?.items()?;
         let addr = node_addr(master.first()?.text(), master.get(1)?.int(), asked)?;
+        for replica in r.get(3..).unwrap_or_default() {
+            let replica = replica.items()?;
+            if let Some(a) = node_addr(replica.first()?.text(), replica.get(1)?.int(), asked) {
+                replicas.push((addr.clone(), a));
+            }
+        }
         ranges.push((u16::try_from(s).ok()?, u16::try_from(e).ok()?, addr));
     }
-    SlotTable::from_ranges(ranges, Vec::new())
+    SlotTable::from_ranges(ranges, Vec::new(), replicas)
 }
 
 /// Ask one node for the slot table.
@@ -225,10 +293,19 @@ struct Redirected {
     reply: Bytes,
 }
 
+/// What the pool's node connections tell its follower.
+enum Event {
+    Redirected(Redirected),
+    /// A node could not be reached: the table may be about to change.
+    Unreachable(Addr),
+    /// A pinned connection was redirected to this node: the table is out of date.
+    Stale(Addr),
+}
+
 /// Takes redirections from the pool's node connections (any worker) to its follower task.
 #[derive(Debug)]
 pub struct Redirector {
-    tx: mpsc::UnboundedSender<Redirected>,
+    tx: mpsc::UnboundedSender<Event>,
 }
 
 impl std::fmt::Debug for Redirected {
@@ -245,11 +322,21 @@ impl Redirect for Redirector {
             job,
             reply,
         };
-        if let Err(mpsc::error::SendError(r)) = self.tx.send(r) {
+        if let Err(mpsc::error::SendError(Event::Redirected(r))) = self.tx.send(Event::Redirected(r)) {
             // The pool is going away: the client gets the node's own answer.
             if let Some(done) = r.job.done {
                 done.send(Ok(r.reply));
             }
+        }
+    }
+
+    fn unreachable(&self, from: &Addr) {
+        let _ = self.tx.send(Event::Unreachable(from.clone()));
+    }
+
+    fn stale(&self, reply: &[u8]) {
+        if let Some(Kind::Moved(to) | Kind::Ask(to)) = kind(reply) {
+            let _ = self.tx.send(Event::Stale(to));
         }
     }
 }
@@ -306,7 +393,7 @@ pub fn channel() -> (RedirectHook, Receiver) {
 }
 
 /// The follower's end of [`channel`].
-pub struct Receiver(mpsc::UnboundedReceiver<Redirected>);
+pub struct Receiver(mpsc::UnboundedReceiver<Event>);
 
 impl Follower {
     /// Start following (on the calling runtime) the cluster of the pool whose live topology is
@@ -349,7 +436,7 @@ async fn follow(
     cfg: ClusterConfig,
     topo: SharedTopology,
     events: HealthEvents,
-    mut rx: mpsc::UnboundedReceiver<Redirected>,
+    mut rx: mpsc::UnboundedReceiver<Event>,
 ) {
     let pool = topo.load().pool.name.clone();
     let (moved, ask, again) = (
@@ -358,31 +445,69 @@ async fn follow(
         counter(&pool, "tryagain"),
     );
     let generation = metrics::gauge!(crate::metrics::CLUSTER_TABLE_GENERATION, "pool" => pool.clone());
+    let failovers = metrics::counter!(crate::metrics::CLUSTER_FAILOVERS, "pool" => pool.clone());
     let mut table_generation = 1u64;
     generation.set(1.0);
     let mut tick = tokio::time::interval(cfg.refresh);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     let mut stale: Option<Addr> = None;
+    // A node that could not be reached, and until when the table is asked for often (its
+    // replica may be promoted at any moment).
+    let mut lost: Option<(Addr, Instant)> = None;
+    let mut last_refresh = Instant::now();
     loop {
+        if lost.as_ref().is_some_and(|(_, until)| Instant::now() > *until) {
+            lost = None;
+        }
         // Redirections already queued go first; the table is refreshed when none is waiting.
         let next = if stale.is_some() {
             rx.try_recv().ok()
         } else {
+            let soon = last_refresh + LOST_REFRESH;
             tokio::select! {
                 _ = tick.tick() => None,
+                _ = tokio::time::sleep_until(soon.into()), if lost.is_some() => None,
                 r = rx.recv() => match r {
                     Some(r) => Some(r),
                     None => return,
                 },
             }
         };
-        let Some(r) = next else {
-            if refresh(&cfg, &topo, &events, stale.take().as_ref()).await {
-                table_generation += 1;
-                generation.set(table_generation as f64);
+        let r = match next {
+            Some(Event::Redirected(r)) => r,
+            Some(Event::Stale(addr)) => {
+                stale = Some(addr);
+                continue;
             }
-            continue;
+            Some(Event::Unreachable(addr)) => {
+                let t = topo.load();
+                let known = t.servers.iter().chain(&t.replicas).any(|s| s.addr == addr);
+                if known && lost.as_ref().is_none_or(|(a, _)| *a != addr) {
+                    tracing::info!(pool = %pool, node = %addr, "cluster node unreachable: following its failover");
+                }
+                if known {
+                    lost = Some((addr, Instant::now() + LOST_WATCH));
+                }
+                continue;
+            }
+            None => {
+                if last_refresh.elapsed() < LOST_REFRESH && stale.is_none() && lost.is_some() {
+                    continue;
+                }
+                last_refresh = Instant::now();
+                let avoid = lost.as_ref().map(|(a, _)| a);
+                if let Some(demoted) = refresh(&cfg, &topo, &events, stale.take().as_ref(), avoid).await {
+                    table_generation += 1;
+                    generation.set(table_generation as f64);
+                    failovers.increment(demoted);
+                    // Once the node serves no slot, its failover has been followed.
+                    if lost.as_ref().is_some_and(|(a, _)| !topo.load().serves_slots(a)) {
+                        lost = None;
+                    }
+                }
+                continue;
+            }
         };
         match kind(&r.reply) {
             Some(Kind::Moved(addr)) => {
@@ -390,9 +515,10 @@ async fn follow(
                 stale = Some(addr.clone());
                 if let Err(jobs) = send_to(&topo, &addr, r.lane, vec![r.job]).await {
                     // A master this table does not know yet: learn the table now.
-                    if refresh(&cfg, &topo, &events, Some(&addr)).await {
+                    if let Some(demoted) = refresh(&cfg, &topo, &events, Some(&addr), None).await {
                         table_generation += 1;
                         generation.set(table_generation as f64);
+                        failovers.increment(demoted);
                     }
                     if let Err(jobs) = send_to(&topo, &addr, r.lane, jobs).await {
                         give_up(jobs, &r.reply);
@@ -407,9 +533,10 @@ async fn follow(
                     done: None,
                 };
                 if let Err(jobs) = send_to(&topo, &addr, r.lane, vec![asking, r.job]).await {
-                    if refresh(&cfg, &topo, &events, Some(&addr)).await {
+                    if let Some(demoted) = refresh(&cfg, &topo, &events, Some(&addr), None).await {
                         table_generation += 1;
                         generation.set(table_generation as f64);
+                        failovers.increment(demoted);
                     }
                     if let Err(jobs) = send_to(&topo, &addr, r.lane, jobs).await {
                         give_up(jobs, &r.reply);
@@ -437,14 +564,27 @@ async fn follow(
     }
 }
 
-/// Ask for the table (`first`, then the current masters, then the seeds) and swap in a new
-/// topology when it changed. True when it did.
-async fn refresh(cfg: &ClusterConfig, topo: &SharedTopology, events: &HealthEvents, first: Option<&Addr>) -> bool {
+/// Ask for the table (`first`, then the current masters, then the seeds, `last` last) and swap
+/// in a new topology when it changed. When it did: how many masters lost their slots to one of
+/// their replicas (failovers).
+async fn refresh(
+    cfg: &ClusterConfig,
+    topo: &SharedTopology,
+    events: &HealthEvents,
+    first: Option<&Addr>,
+    last: Option<&Addr>,
+) -> Option<u64> {
     let current = topo.load_full();
     let mut nodes: Vec<Addr> = first.into_iter().cloned().collect();
     for a in current.servers.iter().map(|s| &s.addr).chain(&cfg.seeds) {
         if !nodes.contains(a) {
             nodes.push(a.clone());
+        }
+    }
+    if let Some(last) = last {
+        if let Some(i) = nodes.iter().position(|n| n == last) {
+            let n = nodes.remove(i);
+            nodes.push(n);
         }
     }
     let table = match fetch_any(&nodes, current.pool.redis_auth.as_deref()).await {
@@ -453,17 +593,18 @@ async fn refresh(cfg: &ClusterConfig, topo: &SharedTopology, events: &HealthEven
             if let Some(suppressed) = crate::log_limit::allow(&format!("cluster table {}", current.pool.name)) {
                 tracing::warn!(pool = %current.pool.name, suppressed, "no node gave a slot table: {}", errors.join("; "));
             }
-            return false;
+            return None;
         }
     };
     // Another refresh or a reload may have swapped meanwhile: build on the latest.
     let current = topo.load_full();
     let Some(view) = &current.cluster else {
-        return false;
+        return None;
     };
     if view.table == table {
-        return false;
+        return None;
     }
+    let demoted = view.table.failovers(&table);
     tracing::info!(
         pool = %current.pool.name,
         "cluster slot table changed: {} masters, {} slots served",
@@ -482,7 +623,7 @@ async fn refresh(cfg: &ClusterConfig, topo: &SharedTopology, events: &HealthEven
         Some(view),
     );
     topo.store(Arc::new(next));
-    true
+    Some(demoted)
 }
 
 #[cfg(test)]
@@ -534,6 +675,13 @@ mod tests {
         assert_eq!(t.slots[0], 1);
         assert_eq!(t.slots[5461], 0);
         assert_eq!(t.served(), CLUSTER_SLOTS);
+        assert_eq!(t.replicas, vec![vec![a(7003)], vec![]]);
+        // 7003 takes over 7000's slots: one failover.
+        let mut after = t.clone();
+        after.masters = vec![a(7003), a(7001)];
+        after.replicas = vec![vec![], vec![]];
+        assert_eq!(t.failovers(&after), 1);
+        assert_eq!(t.failovers(&t), 0);
     }
 
     #[test]
@@ -570,6 +718,7 @@ mod tests {
         ]);
         let t = parse_shards(&v, &a(7000)).unwrap();
         assert_eq!(t.masters, vec![a(7000), a(7001)], "slotless masters are kept");
+        assert_eq!(t.replicas, vec![vec![a(7003)], vec![]]);
         assert_eq!((t.slots[0], t.slots[250], t.slots[150]), (0, 0, UNSERVED));
         assert_eq!(t.served(), 200);
         let bad = Value::Array(vec![Value::Array(vec![

@@ -77,6 +77,34 @@ pub const MAX_REDIRECTS: u8 = 5;
 pub trait Redirect: Send + Sync + std::fmt::Debug {
     /// `from` is the node that replied; `lane` the connection's lane.
     fn redirect(&self, from: &Addr, lane: Lane, job: Job, reply: Bytes);
+
+    /// A connection to the node at `from` could not be made or was lost: it may have failed,
+    /// and the cluster may be promoting a replica in its place.
+    fn unreachable(&self, _from: &Addr) {}
+
+    /// A pinned connection (a transaction, a blocking command, a subscription), which legate
+    /// does not redirect, got `reply` (`-MOVED` or `-ASK`): the slot table is out of date.
+    fn stale(&self, _reply: &[u8]) {}
+}
+
+/// What the client of a pinned connection gets instead of the node's `-MOVED` / `-ASK`: legate
+/// hides redirections, and this one it cannot follow (the connection holds the client's
+/// transaction, blocked command or subscriptions, which the node named does not have).
+fn pinned_redirection(reply: &[u8], label: &str) -> Bytes {
+    let text = String::from_utf8_lossy(reply.get(1..reply.len().saturating_sub(2)).unwrap_or_default());
+    let mut words = text.split(' ');
+    let (kind, slot, to) = (
+        words.next().unwrap_or(""),
+        words.next().unwrap_or("?"),
+        words.next().unwrap_or("?"),
+    );
+    let clean = |s: &str| -> String { s.chars().filter(|c| !c.is_control()).take(64).collect() };
+    Bytes::from(format!(
+        "-TRYAGAIN the cluster moved slot {} to {} ({}) while this client's transaction, blocking command or subscription holds a connection to {label}: the command did not run there (a transaction aborts at EXEC); legate is updating its slot table, retry\r\n",
+        clean(slot),
+        clean(to),
+        clean(kind)
+    ))
 }
 
 /// A pool's [`Redirect`], shared by its node connections; equal when it is the same one.
@@ -245,6 +273,8 @@ struct Target {
     max_pinned: usize,
     /// A cluster node's: where its redirections go.
     redirect: Option<RedirectHook>,
+    /// A cluster replica taking reads: each connection says `READONLY` first.
+    readonly: bool,
 }
 
 fn target(pool: &PoolConfig, server: &ServerConfig, tls: &PoolTls) -> Target {
@@ -266,6 +296,7 @@ fn target(pool: &PoolConfig, server: &ServerConfig, tls: &PoolTls) -> Target {
         max_reply: pool.max_reply_bytes,
         max_pinned: pool.max_pinned_connections,
         redirect: None,
+        readonly: false,
     }
 }
 
@@ -295,10 +326,48 @@ impl Server {
         commands: &Arc<CommandLatency>,
         redirect: Option<RedirectHook>,
     ) -> Arc<Server> {
-        let target = Target {
-            redirect,
-            ..target(pool, server, tls)
-        };
+        Server::start_target(
+            pool,
+            server,
+            Target {
+                redirect,
+                ..target(pool, server, tls)
+            },
+            events,
+            commands,
+        )
+    }
+
+    /// A cluster replica that takes reads (`read_from`): every connection says `READONLY`
+    /// first; its redirections go to `redirect`.
+    pub fn start_replica(
+        pool: &PoolConfig,
+        server: &ServerConfig,
+        tls: &PoolTls,
+        commands: &Arc<CommandLatency>,
+        redirect: Option<RedirectHook>,
+    ) -> Arc<Server> {
+        Server::start_target(
+            pool,
+            server,
+            Target {
+                redirect,
+                readonly: true,
+                auto_eject: false,
+                ..target(pool, server, tls)
+            },
+            None,
+            commands,
+        )
+    }
+
+    fn start_target(
+        pool: &PoolConfig,
+        server: &ServerConfig,
+        target: Target,
+        events: Option<mpsc::UnboundedSender<()>>,
+        commands: &Arc<CommandLatency>,
+    ) -> Arc<Server> {
         let stats = ServerStats::new(&pool.name, &target.label, commands.clone());
         let health = Arc::new(Health {
             failures: AtomicU32::new(0),
@@ -363,43 +432,65 @@ impl Server {
     /// # Errors
     /// The server cannot be reached or answers something else.
     pub async fn info(&self) -> Result<String, String> {
-        /// Redis INFO and memcached stats are a few KB: anything past this is refused.
-        const STATS_REPLY_BYTES: usize = 1024 * 1024;
-        let ask = async {
-            let mut s = connect(&self.target, false).await.map_err(|f| f.reason)?;
-            if self.target.protocol == Protocol::Tcp {
-                return Ok(String::new()); // up when it accepts a connection; nothing to ask
-            }
-            let redis = self.target.protocol == Protocol::Redis;
-            s.write_all(if redis { b"INFO\r\n" } else { b"stats\r\n" })
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut buf = BytesMut::new();
-            let mut scan = redis::ReplyScan::with_limit(STATS_REPLY_BYTES);
-            loop {
-                if buf.len() > STATS_REPLY_BYTES {
-                    // Not statistics: a server (or whatever listens there) streaming at us.
-                    return Err(format!("statistics reply over {STATS_REPLY_BYTES} bytes"));
-                }
-                if redis {
-                    if let Some(n) = redis::scan_reply(&buf, &mut scan).map_err(|e| e.to_string())? {
-                        let reply = &buf[..n];
-                        let body = reply.splitn(2, |&c| c == b'\n').nth(1).unwrap_or_default();
-                        return Ok(String::from_utf8_lossy(body).into_owned());
-                    }
-                } else if buf.ends_with(b"END\r\n") || buf.starts_with(b"ERROR") {
-                    return Ok(String::from_utf8_lossy(&buf).into_owned());
-                }
-                if s.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
-                    return Err("closed".to_string());
-                }
-            }
-        };
-        tokio::time::timeout(self.target.connect_timeout.max(Duration::from_secs(1)), ask)
-            .await
-            .map_err(|_| "timed out".to_string())?
+        info_of(&self.target).await
     }
 
+    /// [`Server::info`] of a node of `pool` that is not one of its servers (a cluster replica
+    /// that takes no reads), connected as the pool's servers are.
+    ///
+    /// # Errors
+    /// The node cannot be reached or answers something else.
+    pub async fn info_at(pool: &PoolConfig, addr: &Addr, tls: &PoolTls) -> Result<String, String> {
+        let server = ServerConfig {
+            addr: addr.clone(),
+            weight: 1,
+            alias: None,
+            name: addr.to_string(),
+        };
+        info_of(&target(pool, &server, tls)).await
+    }
+}
+
+/// A server's statistics on a connection of their own ([`Server::info`]).
+async fn info_of(target: &Target) -> Result<String, String> {
+    /// Redis INFO and memcached stats are a few KB: anything past this is refused.
+    const STATS_REPLY_BYTES: usize = 1024 * 1024;
+    let ask = async {
+        let mut s = connect(target, false).await.map_err(|f| f.reason)?;
+        if target.protocol == Protocol::Tcp {
+            return Ok(String::new()); // up when it accepts a connection; nothing to ask
+        }
+        let redis = target.protocol == Protocol::Redis;
+        s.write_all(if redis { b"INFO\r\n" } else { b"stats\r\n" })
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf = BytesMut::new();
+        let mut scan = redis::ReplyScan::with_limit(STATS_REPLY_BYTES);
+        loop {
+            if buf.len() > STATS_REPLY_BYTES {
+                // Not statistics: a server (or whatever listens there) streaming at us.
+                return Err(format!("statistics reply over {STATS_REPLY_BYTES} bytes"));
+            }
+            if redis {
+                if let Some(n) = redis::scan_reply(&buf, &mut scan).map_err(|e| e.to_string())? {
+                    let reply = &buf[..n];
+                    let body = reply.splitn(2, |&c| c == b'\n').nth(1).unwrap_or_default();
+                    return Ok(String::from_utf8_lossy(body).into_owned());
+                }
+            } else if buf.ends_with(b"END\r\n") || buf.starts_with(b"ERROR") {
+                return Ok(String::from_utf8_lossy(&buf).into_owned());
+            }
+            if s.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+                return Err("closed".to_string());
+            }
+        }
+    };
+    tokio::time::timeout(target.connect_timeout.max(Duration::from_secs(1)), ask)
+        .await
+        .map_err(|_| "timed out".to_string())?
+}
+
+impl Server {
     /// Try a fresh connection (with AUTH/SELECT); on success the server rejoins.
     pub async fn probe(&self) -> bool {
         match connect(&self.target, false).await {
@@ -450,6 +541,23 @@ impl Server {
         self.target
             == Target {
                 redirect: redirect.cloned(),
+                ..target(pool, server, tls)
+            }
+    }
+
+    /// [`Server::same_connections_with`] for a replica started by [`Server::start_replica`].
+    pub fn same_replica_connections(
+        &self,
+        pool: &PoolConfig,
+        server: &ServerConfig,
+        tls: &PoolTls,
+        redirect: Option<&RedirectHook>,
+    ) -> bool {
+        self.target
+            == Target {
+                redirect: redirect.cloned(),
+                readonly: true,
+                auto_eject: false,
                 ..target(pool, server, tls)
             }
     }
@@ -544,10 +652,15 @@ impl Outbox {
         self.per_server.is_empty()
     }
 
-    /// Queue everything on `servers` (the topology the jobs were routed with).
-    pub async fn flush(&mut self, servers: &[Arc<Server>]) {
+    /// Queue everything on `servers` (the topology the jobs were routed with), and on its
+    /// `replicas` taking reads (indexes past `servers`).
+    pub async fn flush(&mut self, servers: &[Arc<Server>], replicas: &[Arc<Server>]) {
         for (server, lane, mut jobs) in self.per_server.drain(..) {
-            if let Some(s) = servers.get(server) {
+            let s = match server.checked_sub(servers.len()) {
+                None => servers.get(server),
+                Some(r) => replicas.get(r),
+            };
+            if let Some(s) = s {
                 s.send(self.worker, lane, self.session, &mut jobs).await;
             }
         }
@@ -630,6 +743,10 @@ async fn connect(t: &Target, resp3: bool) -> Result<Stream, ConnectFailure> {
         if t.redis_db != 0 {
             let db = t.redis_db.to_string();
             redis::encode_command(&mut hello, [&b"SELECT"[..], db.as_bytes()].into_iter());
+            expected += 1;
+        }
+        if t.readonly {
+            redis::encode_command(&mut hello, [&b"READONLY"[..]].into_iter());
             expected += 1;
         }
         if expected > 0 {
@@ -726,6 +843,9 @@ async fn run_connection(t: Target, resp3: bool, health: Arc<Health>, jobs: Arc<Q
             Ok(s) => s,
             Err(f) => {
                 connect_failed(&health, &t.label, &f);
+                if let Some(hook) = &t.redirect {
+                    hook.0.unreachable(&t.addr);
+                }
                 let err = UpstreamError::Connect {
                     server: t.label.clone(),
                     reason: f.reason,
@@ -785,6 +905,9 @@ async fn run_connection(t: Target, resp3: bool, health: Arc<Health>, jobs: Arc<Q
         }
         pending.close();
         health.failure();
+        if let Some(hook) = &t.redirect {
+            hook.0.unreachable(&t.addr);
+        }
         let end = ended
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -1042,6 +1165,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
                                 } else {
                                     done.send(Ok(reply));
                                 }
+                            }
+                            (Some(hook), None) if reply.starts_with(b"-MOVED ") || reply.starts_with(b"-ASK ") => {
+                                hook.0.stale(&reply);
+                                done.send(Ok(pinned_redirection(&reply, &r.label)));
                             }
                             _ => done.send(Ok(reply)),
                         }

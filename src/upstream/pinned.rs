@@ -336,8 +336,9 @@ async fn run_pin(
                 timeouts: false,
                 max_reply: t.max_reply,
                 ended,
-                // A pinned session's replies, redirections included, are the client's.
-                redirect: None,
+                // A pinned session's replies are the client's; a redirection is answered with
+                // an error saying so, and refreshes a cluster pool's slot table.
+                redirect: t.redirect.clone(),
                 addr: t.addr.clone(),
                 lane: super::Lane::Default,
             };

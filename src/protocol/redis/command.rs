@@ -683,6 +683,65 @@ pub fn row_index(cmd: &Command) -> Option<usize> {
 ///
 /// # Errors
 /// No such command, or no such subcommand of a container.
+/// Commands Redis flags `readonly` that a cluster replica serves after `READONLY` (`read_from`):
+/// the common single-key reads. Anything else goes to the master.
+const READ_ONLY: &[&str] = &[
+    "bitcount",
+    "bitpos",
+    "dump",
+    "exists",
+    "get",
+    "getbit",
+    "getrange",
+    "hexists",
+    "hget",
+    "hgetall",
+    "hkeys",
+    "hlen",
+    "hmget",
+    "hrandfield",
+    "hstrlen",
+    "hvals",
+    "lindex",
+    "llen",
+    "lpos",
+    "lrange",
+    "pttl",
+    "scard",
+    "sismember",
+    "smembers",
+    "smismember",
+    "srandmember",
+    "strlen",
+    "substr",
+    "ttl",
+    "type",
+    "xlen",
+    "xrange",
+    "xrevrange",
+    "zcard",
+    "zcount",
+    "zlexcount",
+    "zmscore",
+    "zrandmember",
+    "zrange",
+    "zrangebylex",
+    "zrangebyscore",
+    "zrank",
+    "zrevrange",
+    "zrevrangebylex",
+    "zrevrangebyscore",
+    "zrevrank",
+    "zscore",
+];
+
+impl Command {
+    /// A read a cluster replica may serve (see [`READ_ONLY`]).
+    pub fn read_only(&self) -> bool {
+        READ_ONLY.contains(&self.name)
+    }
+}
+
 pub fn lookup(name: &[u8], sub: Option<&[u8]>) -> Result<&'static Command, Unknown> {
     let row = find(name).ok_or(Unknown::Command)?;
     if row.route != Route::Container {
