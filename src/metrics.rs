@@ -239,6 +239,10 @@ pub struct ServerStats {
     pub pinned_connections: AtomicI64,
     /// Clients refused a connection of their own at `max_pinned_connections`.
     pub pinned_refused: AtomicU64,
+    /// Scripts and functions (EVAL, EVALSHA, FCALL and their read-only forms) written to the
+    /// server and not answered yet, over every worker. While one runs the server may be busy,
+    /// so PING asks the servers instead of being answered by legate (`router/pinned.rs`).
+    pub scripts: Arc<AtomicI64>,
     handles: ServerHandles,
     /// The pool's latency by command, which this server's replies add to.
     commands: Arc<CommandLatency>,
@@ -385,6 +389,16 @@ impl CommandTag {
         redis::row_index(cmd)
             .and_then(|i| u16::try_from(i).ok())
             .map_or(CommandTag::OTHER, CommandTag)
+    }
+
+    /// Whether this (Redis) tag runs a script or a function, which can keep its server busy.
+    pub fn is_script(self) -> bool {
+        redis::COMMANDS.get(usize::from(self.0)).is_some_and(|c| {
+            matches!(
+                c.name,
+                "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro"
+            )
+        })
     }
 
     /// A memcache text command.
@@ -566,6 +580,7 @@ impl ServerStats {
             ejected_at: AtomicU64::new(0),
             pinned_connections: AtomicI64::new(0),
             pinned_refused: AtomicU64::new(0),
+            scripts: Arc::default(),
             handles,
             commands,
             pool: p,

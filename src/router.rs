@@ -786,7 +786,7 @@ fn wrong_args(name: &[u8]) -> Slot {
     ))
 }
 
-fn bulk(v: &[u8]) -> Bytes {
+pub(super) fn bulk(v: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(v.len() + 16);
     redis::put_bulk(&mut b, v);
     b.freeze()

@@ -21,13 +21,15 @@
 //! server connection that holds it ([`client_unblock`]). SCRIPT KILL / FUNCTION KILL also go
 //! on pins: the busy script may run on a shared connection, where they would wait behind it.
 //!
-//! **PING** goes to every shard not ejected (`auto_eject_hosts`), each on a pin, and the
-//! servers answer it: the first error (`-BUSY` while a script runs on a shard, a connection
-//! error when one is down), else their `PONG`. On a pin because the busy script may hold this worker's shared connection, where the
-//! PING would wait behind it instead of hearing `-BUSY`; on every shard because the pool answers
-//! as one Redis, which is busy when any part of it is. A PING after other requests waits for
-//! their replies first (a PING pipelined behind a script is answered once the script ends, as
-//! Redis answers it). In a RESP2 subscribed client PING is answered here, as a message.
+//! **PING** is answered by legate (`PONG`, or its argument) unless a script or a function is
+//! running on a shard (`ServerStats::scripts`: sent and not answered yet). Then it goes to every
+//! shard not ejected (`auto_eject_hosts`), each on a pin, and the servers answer it: the first
+//! error (`-BUSY` while the script runs, a connection error when a shard is down), else their
+//! `PONG`. On a pin because the busy script may hold this worker's shared connection, where
+//! the PING would wait behind it instead of hearing `-BUSY`; on every shard because the pool
+//! answers as one Redis, which is busy when any part of it is. Either way a PING after other
+//! requests is answered after them. In a RESP2 subscribed client PING is answered here, as a
+//! message.
 //!
 //! **SYNC / PSYNC** (with `redis_admin_commands`, in a pool of one server): a raw tunnel. The
 //! client's pin sends it, and from then on the server's bytes (the RDB payload, which no CRLF
@@ -702,6 +704,15 @@ fn ping(
         .collect();
     if live.is_empty() {
         return redis_error(NO_SERVER.into());
+    }
+    // Only a script or a function makes a server busy: with none running, every server would
+    // say PONG, so legate says it (health checks and connection pools PING often).
+    if !live.iter().any(|&s| topo.servers[s].stats.scripts.load(Relaxed) > 0) {
+        topo.stats.request(Class::Proxy);
+        return Slot::Ready(match req.args.get(1) {
+            None => Bytes::from_static(b"+PONG\r\n"),
+            Some(a) => super::bulk(&frame[a.clone()]),
+        });
     }
     if session.pinning.barrier(q, Path::Pinned) {
         return Slot::Barrier(frame);

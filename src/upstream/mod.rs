@@ -793,6 +793,31 @@ struct Pending {
     sent: Instant,
     /// A cluster node's request, kept to be sent again if the node redirects it.
     parts: Option<SmallVec<[Bytes; 2]>>,
+    /// Set when the request runs a script or a function; held only for its drop.
+    _script: Option<ScriptRunning>,
+}
+
+/// A script or function in flight, counted in [`ServerStats::scripts`] until its [`Pending`]
+/// goes: when the reply comes, or the connection does.
+struct ScriptRunning(Arc<std::sync::atomic::AtomicI64>);
+
+impl ScriptRunning {
+    /// Counted when a Redis request's reply handle says it runs a script.
+    fn of(framing: &Framing, done: Option<&ReplyTo>, stats: &ServerStats) -> Option<ScriptRunning> {
+        let redis = matches!(framing, Framing::Redis | Framing::RedisRetry(_));
+        if redis && done.is_some_and(|d| d.command().is_script()) {
+            stats.scripts.fetch_add(1, Ordering::Relaxed);
+            Some(ScriptRunning(stats.scripts.clone()))
+        } else {
+            None
+        }
+    }
+}
+
+impl Drop for ScriptRunning {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Requests that timed out but whose replies have not arrived yet, above which the connection
@@ -968,6 +993,7 @@ async fn write_requests<W: AsyncWrite + Unpin>(
                 (framing, Some(done)) => {
                     awaited += 1;
                     handed.push(Pending {
+                        _script: ScriptRunning::of(&framing, Some(&done), stats),
                         framing,
                         done: Some(done),
                         deadline,
@@ -987,6 +1013,7 @@ async fn write_requests<W: AsyncWrite + Unpin>(
                         deadline,
                         sent,
                         parts: None,
+                        _script: None,
                     });
                 }
             }

@@ -364,6 +364,7 @@ async fn run_pin(
                 for job in batch.drain(..) {
                     bytes += job.parts.iter().map(|p| p.len() as u64).sum::<u64>();
                     handed.push(Pending {
+                        _script: super::ScriptRunning::of(&job.framing, job.done.as_ref(), &stats),
                         framing: job.framing,
                         done: job.done,
                         deadline: None,
