@@ -317,3 +317,51 @@ fn auth_to_the_proxy_and_to_the_backends_and_redis_db() {
         "{l}"
     );
 }
+
+/// `redis_user`: legate authenticates to its servers as an ACL user (`AUTH <user> <password>`),
+/// where the `default` user is switched off; clients may give that user's name or `default`.
+#[test]
+fn an_acl_user_to_the_backends() {
+    let backend = redis_server_with(
+        free_port(),
+        &[
+            "--user", "app", "on", ">pw", "~*", "&*", "+@all", "--user", "default", "off",
+        ],
+    );
+    // The backend takes only the named user.
+    let mut d = Client::connect(backend.port);
+    d.expect(&cmd("AUTH app pw"), b"+OK\r\n");
+    let mut anon = Client::connect(backend.port);
+    anon.expect(
+        &cmd("AUTH pw"),
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+    );
+    let port = free_port();
+    let _l = legate(
+        &pool(
+            "acl",
+            port,
+            true,
+            &[backend.port],
+            "  redis_auth: pw\n  redis_user: app\n",
+        ),
+        port,
+    );
+    let mut c = Client::connect(port);
+    c.expect(&cmd("GET k"), b"-NOAUTH Authentication required.\r\n");
+    c.expect(
+        &cmd("AUTH other pw"),
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+    );
+    c.expect(&cmd("AUTH app pw"), b"+OK\r\n");
+    c.expect(&cmd("SET acl v"), b"+OK\r\n");
+    d.expect(&cmd("GET acl"), b"$1\r\nv\r\n");
+    let mut c2 = Client::connect(port);
+    c2.expect(&cmd("AUTH pw"), b"+OK\r\n");
+    c2.expect(&cmd("GET acl"), b"$1\r\nv\r\n");
+    // redis_user without redis_auth is refused at load.
+    let bad = legate::config::Config::parse(
+        "p:\n  listen: 127.0.0.1:1\n  redis: true\n  redis_user: app\n  servers: ['a:1:1']\n",
+    );
+    assert!(bad.is_err());
+}

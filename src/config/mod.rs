@@ -163,6 +163,10 @@ pub struct PoolConfig {
     /// Max concurrent clients; 0 = unlimited.
     pub client_connections: u32,
     pub redis_auth: Option<String>,
+    /// `redis_user` (legate): the ACL user legate's connections to the servers (static shards,
+    /// Sentinel-resolved masters, cluster nodes) authenticate as, `AUTH <user> <redis_auth>`;
+    /// clients may name it too. Without it, the `default` user.
+    pub redis_user: Option<String>,
     /// `user:password` (or `password`, any user) that memcache clients must give by binary SASL
     /// PLAIN before anything else is served (legate); text clients are refused.
     pub memcache_auth: Option<String>,
@@ -247,6 +251,7 @@ const KEYS: &[&str] = &[
     "client_connections",
     "redis",
     "redis_auth",
+    "redis_user",
     "memcache_auth",
     "redis_db",
     "redis_admin_commands",
@@ -556,6 +561,10 @@ fn parse_pool(name: &str, v: Value) -> Result<PoolConfig, ConfigError> {
     if redis_auth.is_some() && protocol != Protocol::Redis {
         return Err(err(name, "redis_auth", "is only valid in a redis pool"));
     }
+    let redis_user = s("redis_user")?;
+    if redis_user.is_some() && redis_auth.is_none() {
+        return Err(err(name, "redis_user", "needs redis_auth (the user's password)"));
+    }
     let redis_admin_commands = boolean("redis_admin_commands")?;
     if redis_admin_commands && protocol != Protocol::Redis {
         return Err(err(name, "redis_admin_commands", "is only valid in a redis pool"));
@@ -684,6 +693,7 @@ fn parse_pool(name: &str, v: Value) -> Result<PoolConfig, ConfigError> {
         backlog: num("backlog", 512, 1)? as u32,
         client_connections: num("client_connections", 0, 0)? as u32,
         redis_auth,
+        redis_user,
         memcache_auth,
         redis_db: num("redis_db", 0, 0)? as u32,
         redis_admin_commands,

@@ -215,10 +215,12 @@ fn valid_name(name: &[u8]) -> bool {
     name.iter().all(|&c| (b'!'..=b'~').contains(&c))
 }
 
-/// Check `user`/`password` the way Redis checks its `default` user: legate has no other. With
+/// Check `user`/`password` the way Redis checks its `default` user (or the pool's `redis_user`,
+/// the same password): legate has no other. With
 /// no `redis_auth` the default user has no password and any password is accepted for it.
 fn credentials_ok(topo: &Topology, user: &[u8], password: &[u8]) -> bool {
-    user == b"default" && topo.pool.redis_auth.as_ref().is_none_or(|p| p.as_bytes() == password)
+    let named = topo.pool.redis_user.as_ref().is_some_and(|u| u.as_bytes() == user);
+    (user == b"default" || named) && topo.pool.redis_auth.as_ref().is_none_or(|p| p.as_bytes() == password)
 }
 
 /// Answer the request from the session when it is one of the commands this module serves, or

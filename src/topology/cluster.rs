@@ -212,8 +212,8 @@ pub fn parse_slots(v: &Value, asked: &Addr) -> Option<SlotTable> {
 }
 
 /// Ask one node for the slot table.
-async fn fetch(node: &Addr, auth: Option<&str>) -> Result<SlotTable, String> {
-    let mut c = Control::connect(node, ASK_TIMEOUT, auth).await?;
+async fn fetch(node: &Addr, auth: Auth<'_>) -> Result<SlotTable, String> {
+    let mut c = Control::connect_as(node, ASK_TIMEOUT, auth.0, auth.1).await?;
     match c.call(&[b"CLUSTER", b"SHARDS"]).await? {
         Value::Error(e) if e.contains("unknown subcommand") || e.contains("Unknown subcommand") => {
             let v = c.call(&[b"CLUSTER", b"SLOTS"]).await?;
@@ -228,7 +228,10 @@ async fn fetch(node: &Addr, auth: Option<&str>) -> Result<SlotTable, String> {
 }
 
 /// The table from the first of `nodes` that gives one.
-async fn fetch_any(nodes: &[Addr], auth: Option<&str>) -> Result<SlotTable, Vec<String>> {
+/// The pool's `redis_user` and `redis_auth`.
+type Auth<'a> = (Option<&'a str>, Option<&'a str>);
+
+async fn fetch_any(nodes: &[Addr], auth: Auth<'_>) -> Result<SlotTable, Vec<String>> {
     let mut errors = Vec::new();
     for n in nodes {
         match fetch(n, auth).await {
@@ -245,13 +248,15 @@ async fn fetch_any(nodes: &[Addr], auth: Option<&str>) -> Result<SlotTable, Vec<
 /// # Errors
 /// No seed answered with a table.
 pub async fn discover(pool: &PoolConfig, cfg: &ClusterConfig) -> Result<SlotTable, String> {
-    let t = fetch_any(&cfg.seeds, pool.redis_auth.as_deref()).await.map_err(|e| {
-        format!(
-            "pool '{}': no cluster seed gave a slot table: {}",
-            pool.name,
-            e.join("; ")
-        )
-    })?;
+    let t = fetch_any(&cfg.seeds, (pool.redis_user.as_deref(), pool.redis_auth.as_deref()))
+        .await
+        .map_err(|e| {
+            format!(
+                "pool '{}': no cluster seed gave a slot table: {}",
+                pool.name,
+                e.join("; ")
+            )
+        })?;
     tracing::info!(
         "pool {}: cluster of {} masters, {} of {CLUSTER_SLOTS} slots served",
         pool.name,
@@ -587,7 +592,12 @@ async fn refresh(
             nodes.push(n);
         }
     }
-    let table = match fetch_any(&nodes, current.pool.redis_auth.as_deref()).await {
+    let table = match fetch_any(
+        &nodes,
+        (current.pool.redis_user.as_deref(), current.pool.redis_auth.as_deref()),
+    )
+    .await
+    {
         Ok(t) => t,
         Err(errors) => {
             if let Some(suppressed) = crate::log_limit::allow(&format!("cluster table {}", current.pool.name)) {

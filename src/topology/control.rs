@@ -140,6 +140,19 @@ impl Control {
     /// # Errors
     /// The peer cannot be reached, refuses the password, or does not answer in time.
     pub async fn connect(addr: &Addr, timeout: Duration, auth: Option<&str>) -> Result<Control, String> {
+        Control::connect_as(addr, timeout, None, auth).await
+    }
+
+    /// [`Control::connect`] with an ACL user: `AUTH <user> <auth>`.
+    ///
+    /// # Errors
+    /// As [`Control::connect`].
+    pub async fn connect_as(
+        addr: &Addr,
+        timeout: Duration,
+        user: Option<&str>,
+        auth: Option<&str>,
+    ) -> Result<Control, String> {
         let Addr::Tcp { host, port } = addr else {
             return Err(format!("{addr}: only host:port addresses are supported here"));
         };
@@ -155,7 +168,11 @@ impl Control {
             timeout,
         };
         if let Some(pw) = auth {
-            match c.call(&[b"AUTH", pw.as_bytes()]).await? {
+            let said = match user {
+                Some(u) => c.call(&[b"AUTH", u.as_bytes(), pw.as_bytes()]).await?,
+                None => c.call(&[b"AUTH", pw.as_bytes()]).await?,
+            };
+            match said {
                 Value::Str(_) => {}
                 other => return Err(format!("{addr}: AUTH refused: {other:?}")),
             }

@@ -256,6 +256,7 @@ struct Target {
     addr: Addr,
     protocol: Protocol,
     redis_auth: Option<String>,
+    redis_user: Option<String>,
     redis_db: u32,
     connect_timeout: Duration,
     tcpkeepalive: bool,
@@ -283,6 +284,7 @@ fn target(pool: &PoolConfig, server: &ServerConfig, tls: &PoolTls) -> Target {
         addr: server.addr.clone(),
         protocol: pool.protocol,
         redis_auth: pool.redis_auth.clone(),
+        redis_user: pool.redis_user.clone(),
         redis_db: pool.redis_db,
         connect_timeout: pool.timeout.unwrap_or(Duration::from_secs(3)),
         tcpkeepalive: pool.tcpkeepalive,
@@ -733,7 +735,12 @@ async fn connect(t: &Target, resp3: bool) -> Result<Stream, ConnectFailure> {
         let mut hello = BytesMut::new();
         let mut expected = 0;
         if let Some(pw) = &t.redis_auth {
-            redis::encode_command(&mut hello, [&b"AUTH"[..], pw.as_bytes()].into_iter());
+            match &t.redis_user {
+                Some(user) => {
+                    redis::encode_command(&mut hello, [&b"AUTH"[..], user.as_bytes(), pw.as_bytes()].into_iter())
+                }
+                None => redis::encode_command(&mut hello, [&b"AUTH"[..], pw.as_bytes()].into_iter()),
+            }
             expected += 1;
         }
         if resp3 {
