@@ -25,6 +25,11 @@ fn cluster_port() -> u16 {
 
 /// Six nodes, three masters with a replica each, all slots served and agreed on.
 fn cluster() -> Vec<Proc> {
+    cluster_with(&[])
+}
+
+/// [`cluster`] with `extra` arguments for every node.
+fn cluster_with(extra: &[&str]) -> Vec<Proc> {
     let cli = require("redis-cli", "redis-tools");
     let nodes: Vec<Proc> = (0..6)
         .map(|_| {
@@ -45,7 +50,11 @@ fn cluster() -> Vec<Proc> {
                     "0",
                     "--dir",
                     &dir.display().to_string(),
-                ],
+                ]
+                .iter()
+                .copied()
+                .chain(extra.iter().copied())
+                .collect::<Vec<_>>(),
             )
         })
         .collect();
@@ -659,4 +668,53 @@ fn the_adapter_scrapes_every_node_of_a_cluster_pool() {
     });
     let (_, m) = common::http(admin, "GET", "/metrics");
     assert!(common::metric(&m, "legate_cluster_slot_table_generation", &[]).is_some_and(|g| g >= 1.0));
+}
+
+/// `redis_user`: every node connection, data and slot table, authenticates as the ACL user. The
+/// nodes' `default` user may run the cluster's own commands but reads and writes no key and
+/// cannot ask for the slot table, so legate works only as `app`.
+#[test]
+fn an_acl_user_reaches_every_node() {
+    let nodes = cluster_with(&[
+        "--user",
+        "default",
+        "on",
+        "nopass",
+        "~*",
+        "&*",
+        "+@all",
+        "-@read",
+        "-@write",
+        "-cluster|shards",
+        "-cluster|slots",
+        "--user",
+        "app",
+        "on",
+        ">pw",
+        "~*",
+        "&*",
+        "+@all",
+    ]);
+    let mut plain = Client::connect(nodes[0].port);
+    let refused = plain.words("CLUSTER SHARDS").text();
+    assert!(refused.contains("NOPERM"), "{refused}");
+    let (port, admin) = (free_port(), free_port());
+    let yaml = format!(
+        "c:\n  listen: 127.0.0.1:{port}\n  redis: true\n  timeout: 5000\n  cluster: ['127.0.0.1:{}']\n  redis_auth: pw\n  redis_user: app\n",
+        nodes[0].port
+    );
+    let config = common::config_file(&yaml);
+    let _legate = common::legate_logged(&config, port, &["--admin", &format!("127.0.0.1:{admin}")]);
+    let mut c = Client::connect(port);
+    c.expect(&common::cmd("AUTH app pw"), b"+OK\r\n");
+    for i in 0..50 {
+        c.expect(&common::cmd(&format!("SET acl{i} v{i}")), b"+OK\r\n");
+    }
+    for i in 0..50 {
+        let v = format!("v{i}");
+        c.expect(
+            &common::cmd(&format!("GET acl{i}")),
+            format!("${}\r\n{v}\r\n", v.len()).as_bytes(),
+        );
+    }
 }
