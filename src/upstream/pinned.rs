@@ -315,12 +315,21 @@ async fn run_pin(
     };
     health.success();
     if sink.is_none() {
-        // Its reply is read first by the reader below; requests go right behind it.
+        // The server-side id, so that CLIENT UNBLOCK can name this connection while it is
+        // blocked. Read before any request is sent: once a request may block the connection,
+        // its id must be known (0 if refused: CLIENT UNBLOCK then answers 0).
         use tokio::io::AsyncWriteExt;
-        if stream.write_all(b"*2\r\n$6\r\nCLIENT\r\n$2\r\nID\r\n").await.is_err() {
-            dead.store(true, Ordering::Relaxed);
-            fail_queued(&mut rx, &lost);
-            return;
+        let asked = async {
+            stream.write_all(b"*2\r\n$6\r\nCLIENT\r\n$2\r\nID\r\n").await.ok()?;
+            Some(client_id(&mut stream).await)
+        };
+        match tokio::time::timeout(t.connect_timeout, asked).await {
+            Ok(Some(id)) => conn_id.store(id.unwrap_or(0), Ordering::Relaxed),
+            _ => {
+                dead.store(true, Ordering::Relaxed);
+                fail_queued(&mut rx, &lost);
+                return;
+            }
         }
     }
     let (rd, mut wr) = stream.into_split();
@@ -343,15 +352,7 @@ async fn run_pin(
                 lane: super::Lane::Default,
             };
             let replies = pending.clone();
-            let _reader = AbortOnDrop(tokio::spawn(async move {
-                let mut rd = rd;
-                // The CLIENT ID sent at connect, so that CLIENT UNBLOCK can name this connection
-                // while it is blocked (0 if refused: CLIENT UNBLOCK then answers 0).
-                if let Some(id) = client_id(&mut rd).await {
-                    conn_id.store(id, Ordering::Relaxed);
-                }
-                read_replies(rd, replies, reading).await
-            }));
+            let _reader = AbortOnDrop(tokio::spawn(read_replies(rd, replies, reading)));
             let mut handed: Vec<Pending> = Vec::new();
             loop {
                 tokio::select! {
@@ -425,15 +426,20 @@ async fn run_pin(
 /// Read the reply to `CLIENT ID` (one line), byte by byte so that nothing after it is taken
 /// from the replies that follow: the id, or `None` when the server refused it (an ACL may) or
 /// the line is not one.
+/// The reply to the CLIENT ID sent on a new connection (nothing else was sent, so nothing
+/// else can arrive: a read may take whatever comes); `None` when it is not an integer.
 async fn client_id<R: AsyncRead + Unpin>(rd: &mut R) -> Option<u64> {
     let mut line = Vec::with_capacity(24);
     while !line.ends_with(b"\r\n") {
         if line.len() >= 4096 {
             return None;
         }
-        let mut b = [0u8; 1];
-        rd.read_exact(&mut b).await.ok()?;
-        line.push(b[0]);
+        let mut b = [0u8; 64];
+        let n = rd.read(&mut b).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        line.extend_from_slice(&b[..n]);
     }
     line.strip_prefix(b":")
         .and_then(|r| r.strip_suffix(b"\r\n"))
