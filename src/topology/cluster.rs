@@ -437,6 +437,58 @@ fn counter(pool: &str, kind: &'static str) -> metrics::Counter {
     metrics::counter!(crate::metrics::CLUSTER_REDIRECTIONS, "pool" => pool.to_string(), "kind" => kind)
 }
 
+/// The slot table's generation (1 at start, one more per change learnt) and the failovers
+/// followed, as exported.
+struct Learnt {
+    generation: u64,
+    gauge: metrics::Gauge,
+    failovers: metrics::Counter,
+}
+
+impl Learnt {
+    fn new(pool: &str) -> Learnt {
+        let gauge = metrics::gauge!(crate::metrics::CLUSTER_TABLE_GENERATION, "pool" => pool.to_string());
+        gauge.set(1.0);
+        Learnt {
+            generation: 1,
+            gauge,
+            failovers: metrics::counter!(crate::metrics::CLUSTER_FAILOVERS, "pool" => pool.to_string()),
+        }
+    }
+
+    /// A refresh swapped in a new table, in which `demoted` masters lost their slots to replicas.
+    fn changed(&mut self, demoted: u64) {
+        self.generation += 1;
+        self.gauge.set(self.generation as f64);
+        self.failovers.increment(demoted);
+    }
+}
+
+/// Send a redirected request's `jobs` to `addr`; when no connection to it is known (a master
+/// this table does not have yet), learn the table first and try once more, else answer with
+/// the node's `reply`.
+#[allow(clippy::too_many_arguments)]
+async fn resend(
+    cfg: &ClusterConfig,
+    topo: &SharedTopology,
+    events: &HealthEvents,
+    learnt: &mut Learnt,
+    addr: &Addr,
+    lane: Lane,
+    jobs: Vec<Job>,
+    reply: &Bytes,
+) {
+    let Err(jobs) = send_to(topo, addr, lane, jobs).await else {
+        return;
+    };
+    if let Some(demoted) = refresh(cfg, topo, events, Some(addr), None).await {
+        learnt.changed(demoted);
+    }
+    if let Err(jobs) = send_to(topo, addr, lane, jobs).await {
+        give_up(jobs, reply);
+    }
+}
+
 async fn follow(
     cfg: ClusterConfig,
     topo: SharedTopology,
@@ -449,10 +501,7 @@ async fn follow(
         counter(&pool, "ask"),
         counter(&pool, "tryagain"),
     );
-    let generation = metrics::gauge!(crate::metrics::CLUSTER_TABLE_GENERATION, "pool" => pool.clone());
-    let failovers = metrics::counter!(crate::metrics::CLUSTER_FAILOVERS, "pool" => pool.clone());
-    let mut table_generation = 1u64;
-    generation.set(1.0);
+    let mut learnt = Learnt::new(&pool);
     let mut tick = tokio::time::interval(cfg.refresh);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -503,9 +552,7 @@ async fn follow(
                 last_refresh = Instant::now();
                 let avoid = lost.as_ref().map(|(a, _)| a);
                 if let Some(demoted) = refresh(&cfg, &topo, &events, stale.take().as_ref(), avoid).await {
-                    table_generation += 1;
-                    generation.set(table_generation as f64);
-                    failovers.increment(demoted);
+                    learnt.changed(demoted);
                     // Once the node serves no slot, its failover has been followed.
                     if lost.as_ref().is_some_and(|(a, _)| !topo.load().serves_slots(a)) {
                         lost = None;
@@ -518,17 +565,7 @@ async fn follow(
             Some(Kind::Moved(addr)) => {
                 moved.increment(1);
                 stale = Some(addr.clone());
-                if let Err(jobs) = send_to(&topo, &addr, r.lane, vec![r.job]).await {
-                    // A master this table does not know yet: learn the table now.
-                    if let Some(demoted) = refresh(&cfg, &topo, &events, Some(&addr), None).await {
-                        table_generation += 1;
-                        generation.set(table_generation as f64);
-                        failovers.increment(demoted);
-                    }
-                    if let Err(jobs) = send_to(&topo, &addr, r.lane, jobs).await {
-                        give_up(jobs, &r.reply);
-                    }
-                }
+                resend(&cfg, &topo, &events, &mut learnt, &addr, r.lane, vec![r.job], &r.reply).await;
             }
             Some(Kind::Ask(addr)) => {
                 ask.increment(1);
@@ -537,16 +574,17 @@ async fn follow(
                     framing: Framing::Redis,
                     done: None,
                 };
-                if let Err(jobs) = send_to(&topo, &addr, r.lane, vec![asking, r.job]).await {
-                    if let Some(demoted) = refresh(&cfg, &topo, &events, Some(&addr), None).await {
-                        table_generation += 1;
-                        generation.set(table_generation as f64);
-                        failovers.increment(demoted);
-                    }
-                    if let Err(jobs) = send_to(&topo, &addr, r.lane, jobs).await {
-                        give_up(jobs, &r.reply);
-                    }
-                }
+                resend(
+                    &cfg,
+                    &topo,
+                    &events,
+                    &mut learnt,
+                    &addr,
+                    r.lane,
+                    vec![asking, r.job],
+                    &r.reply,
+                )
+                .await;
             }
             Some(Kind::Again) => {
                 again.increment(1);
