@@ -26,7 +26,8 @@
 //! - [`net`]: one stream type for TCP, unix sockets and TLS in either direction.
 //! - [`tls`]: certificate and key files -> rustls client and server configurations.
 //! - [`workers`]: the worker threads (one current-thread runtime each) that carry every request.
-//! - [`metrics`]: the proxy's counters, published to the Prometheus exporter.
+//! - [`metrics`]: the proxy's counters (the request path's kept per worker, summed when read),
+//!   published to the Prometheus exporter.
 //! - [`log_limit`]: rate limits for log lines a misbehaving peer can repeat without end.
 //! - [`reload`]: the running pools; config reloads (file watch, SIGHUP) and draining.
 //!
