@@ -736,7 +736,7 @@ const READ_ONLY: &[&str] = &[
 ];
 
 impl Command {
-    /// A read a cluster replica may serve (see [`READ_ONLY`]).
+    /// A read a cluster replica may serve (one of the rows listed in `READ_ONLY`).
     pub fn read_only(&self) -> bool {
         READ_ONLY.contains(&self.name)
     }
