@@ -136,17 +136,25 @@ fn start_pool(config: &PoolConfig, tls: PoolTls, listener: Listener, learned: &m
 
 /// Learn the masters of every Sentinel pool of `config` (those of a running pool with the same
 /// sentinels are kept as followed), before anything starts or changes.
-async fn resolve_masters(config: &Config, running: &HashMap<Addr, RunningPool>) -> anyhow::Result<Learned> {
+async fn resolve_masters(
+    config: &Config,
+    tls: &HashMap<String, PoolTls>,
+    running: &HashMap<Addr, RunningPool>,
+) -> anyhow::Result<Learned> {
     let mut out = Learned::default();
     for p in &config.pools {
+        let none = PoolTls::default();
+        let tls = tls.get(&p.name).unwrap_or(&none);
         if let Source::Cluster(cfg) = &p.source {
-            // The same seeds: the running pool's table is followed already.
+            // The same seeds: the running pool's table is followed already (unless TLS came
+            // or went: the nodes' ports are others then).
             let following = running
                 .get(&p.listen)
+                .filter(|o| o.config.tls.is_some() == p.tls.is_some())
                 .and_then(|o| o.cluster.as_ref())
                 .is_some_and(|f| f.config == *cfg);
             if !following {
-                let table = cluster::discover(p, cfg).await.map_err(anyhow::Error::msg)?;
+                let table = cluster::discover(p, cfg, tls).await.map_err(anyhow::Error::msg)?;
                 out.tables.insert(p.listen.clone(), table);
             }
         }
@@ -155,7 +163,9 @@ async fn resolve_masters(config: &Config, running: &HashMap<Addr, RunningPool>) 
                 Some(f) if f.config == *cfg => f.masters.lock().unwrap_or_else(|e| e.into_inner()).clone(),
                 _ => HashMap::new(),
             };
-            let masters = sentinel::resolve(p, cfg, &known).await.map_err(anyhow::Error::msg)?;
+            let masters = sentinel::resolve(p, cfg, tls, &known)
+                .await
+                .map_err(anyhow::Error::msg)?;
             out.masters.insert(p.listen.clone(), masters);
         }
     }
@@ -267,7 +277,7 @@ impl Pools {
     /// A listener cannot be bound, or a master is known to no sentinel; nothing is left running.
     pub async fn start(config: &Config) -> anyhow::Result<Pools> {
         let mut tls = crate::tls::load(config)?;
-        let mut masters = resolve_masters(config, &HashMap::new()).await?;
+        let mut masters = resolve_masters(config, &tls, &HashMap::new()).await?;
         let mut listeners = Vec::with_capacity(config.pools.len());
         for pool in &config.pools {
             listeners.push(bind(pool)?);
@@ -315,7 +325,7 @@ impl Pools {
         // Certificates and keys are read again on every reload, before anything changes.
         let mut tls = crate::tls::load(config)?;
         // Sentinel pools learn their masters first: a master no sentinel knows refuses the reload.
-        let mut masters = resolve_masters(config, &self.pools).await?;
+        let mut masters = resolve_masters(config, &tls, &self.pools).await?;
         // Bind new addresses first: a failure here must leave everything as it was.
         let mut fresh: HashMap<Addr, Listener> = HashMap::new();
         for p in &config.pools {
@@ -328,10 +338,11 @@ impl Pools {
             let tls = tls.remove(&p.name).unwrap_or_default();
             let running = match self.pools.remove(&p.listen) {
                 Some(mut old) if old.config.protocol == p.protocol => {
+                    let same_tls = old.config.tls.is_some() == p.tls.is_some();
                     old.cluster = old
                         .cluster
                         .take()
-                        .filter(|f| matches!(&p.source, Source::Cluster(c) if *c == f.config));
+                        .filter(|f| same_tls && matches!(&p.source, Source::Cluster(c) if *c == f.config));
                     match (&p.source, masters.masters.remove(&p.listen)) {
                         (Source::Cluster(cfg), _) => {
                             old.follower = None;

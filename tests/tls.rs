@@ -20,21 +20,6 @@ fn ca_only(p: &Pki) -> String {
     format!("    ca_file: {}\n", p.ca.display())
 }
 
-/// redis-cli straight to a TLS redis-server (to look behind legate).
-fn redis_cli_tls(p: &Pki, port: u16, args: &[&str]) -> String {
-    let cli = require("redis-cli", "redis-tools");
-    run(Command::new(cli)
-        .args(["--tls", "--cacert", p.ca.to_str().unwrap()])
-        .args([
-            "--cert",
-            p.client_cert.to_str().unwrap(),
-            "--key",
-            p.client_key.to_str().unwrap(),
-        ])
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args))
-}
-
 #[test]
 fn plain_clients_reach_redis_shards_over_tls() {
     let p = pki();
@@ -56,7 +41,7 @@ fn plain_clients_reach_redis_shards_over_tls() {
     // The keys are on the shards, spread over both, and were written over TLS.
     let counts: Vec<u64> = shards
         .iter()
-        .map(|s| redis_cli_tls(&p, s.port, &["DBSIZE"]).trim().parse().unwrap())
+        .map(|s| p.cli(s.port, &["DBSIZE"]).trim().parse().unwrap())
         .collect();
     assert_eq!(counts.iter().sum::<u64>(), 40, "{counts:?}");
     assert!(counts.iter().all(|&n| n > 0), "keys all on one shard: {counts:?}");

@@ -141,8 +141,13 @@ pub struct SentinelConfig {
     /// How often every master is re-checked with the sentinels (`sentinel_interval`, ms),
     /// besides following `+switch-master` as it is announced.
     pub interval: Duration,
-    /// The sentinels' `requirepass` (`sentinel_auth`).
+    /// The sentinels' password (`sentinel_auth`): their `requirepass`, or `sentinel_user`'s.
     pub auth: Option<String>,
+    /// The ACL user legate is on the sentinels (`sentinel_user`; needs `sentinel_auth`).
+    pub user: Option<String>,
+    /// Whether the sentinels are reached over the pool's `tls:` (`sentinel_tls`; on by default
+    /// when the pool has `tls:`).
+    pub tls: bool,
 }
 
 /// Default `sentinel_interval`.
@@ -273,6 +278,8 @@ const KEYS: &[&str] = &[
     "sentinels",
     "sentinel_interval",
     "sentinel_auth",
+    "sentinel_user",
+    "sentinel_tls",
     "cluster",
     "cluster_refresh",
     "read_from",
@@ -619,9 +626,6 @@ fn parse_pool(name: &str, v: Value) -> Result<PoolConfig, ConfigError> {
                     "is not valid with 'cluster' (the cluster fails over by itself)",
                 ));
             }
-            if tls.is_some() {
-                return Err(err(name, "tls", "is not supported with 'cluster' yet"));
-            }
             if num("redis_db", 0, 0)? != 0 {
                 return Err(err(name, "redis_db", "a Redis Cluster has database 0 only"));
             }
@@ -642,7 +646,7 @@ fn parse_pool(name: &str, v: Value) -> Result<PoolConfig, ConfigError> {
     let source = match get.get("sentinels") {
         _ if cluster.is_some() => Source::Cluster(cluster.clone().expect("checked")),
         None | Some(Value::Null) => {
-            for key in ["sentinel_interval", "sentinel_auth"] {
+            for key in ["sentinel_interval", "sentinel_auth", "sentinel_user", "sentinel_tls"] {
                 if get.contains_key(key) {
                     return Err(err(name, key, "is only valid with 'sentinels'"));
                 }
@@ -660,8 +664,21 @@ fn parse_pool(name: &str, v: Value) -> Result<PoolConfig, ConfigError> {
                     "a Sentinel pool follows failovers instead: ejecting a master name would move its keys",
                 ));
             }
-            if tls.is_some() {
-                return Err(err(name, "tls", "is not supported with 'sentinels' yet"));
+            let user = s("sentinel_user")?;
+            let auth = s("sentinel_auth")?;
+            if user.is_some() && auth.is_none() {
+                return Err(err(name, "sentinel_user", "needs sentinel_auth (the user's password)"));
+            }
+            let sentinel_tls = match get.get("sentinel_tls") {
+                None => tls.is_some(),
+                Some(_) => boolean("sentinel_tls")?,
+            };
+            if sentinel_tls && tls.is_none() {
+                return Err(err(
+                    name,
+                    "sentinel_tls",
+                    "needs 'tls' (the sentinels are reached with the pool's TLS settings)",
+                ));
             }
             let sentinels = addr_list("sentinels", v)?;
             Source::Sentinel(SentinelConfig {
@@ -671,7 +688,9 @@ fn parse_pool(name: &str, v: Value) -> Result<PoolConfig, ConfigError> {
                     DEFAULT_SENTINEL_INTERVAL.as_millis() as i64,
                     100,
                 )? as u64),
-                auth: s("sentinel_auth")?,
+                auth,
+                user,
+                tls: sentinel_tls,
             })
         }
     };
@@ -1069,6 +1088,31 @@ delta:
         assert_eq!(e.key.as_deref(), Some("sentinels"));
         let e = refused("p:\n  listen: 127.0.0.1:1\n  redis: true\n  sentinel_auth: x\n  servers: ['a:1:1']\n");
         assert_eq!(e.key.as_deref(), Some("sentinel_auth"));
+
+        // An ACL user and TLS for the sentinels.
+        let sentinel = |extra: &str| {
+            let c = Config::parse(&format!("{base}{extra}  servers: ['a:1']\n")).unwrap();
+            match &c.pools[0].source {
+                Source::Sentinel(s) => (s.user.clone(), s.auth.clone(), s.tls),
+                other => panic!("not a sentinel pool: {other:?}"),
+            }
+        };
+        assert_eq!(sentinel(""), (None, None, false));
+        assert_eq!(
+            sentinel("  sentinel_user: legate\n  sentinel_auth: pw\n"),
+            (Some("legate".into()), Some("pw".into()), false)
+        );
+        assert!(sentinel("  tls: true\n").2, "the pool's tls reaches the sentinels too");
+        assert!(!sentinel("  tls: true\n  sentinel_tls: false\n").2);
+        for (extra, key) in [
+            ("  sentinel_user: legate\n", "sentinel_user"),
+            ("  sentinel_tls: true\n", "sentinel_tls"),
+        ] {
+            let e = refused(&format!("{base}{extra}  servers: ['a:1']\n"));
+            assert_eq!(e.key.as_deref(), Some(key), "{extra}: {e}");
+        }
+        let e = refused("p:\n  listen: 127.0.0.1:1\n  redis: true\n  sentinel_tls: false\n  servers: ['a:1:1']\n");
+        assert_eq!(e.key.as_deref(), Some("sentinel_tls"));
     }
 
     #[test]
@@ -1087,6 +1131,9 @@ delta:
         )
         .unwrap();
         assert!(matches!(&c.pools[0].source, Source::Cluster(cl) if cl.read_from == ReadFrom::PreferReplica));
+        let c = Config::parse("p:\n  listen: 127.0.0.1:1\n  redis: true\n  cluster: ['10.0.0.1:7000']\n  tls: true\n")
+            .unwrap();
+        assert!(c.pools[0].tls.is_some(), "TLS to every node of a cluster");
         let e = refused("p:\n  listen: 127.0.0.1:1\n  redis: true\n  read_from: replica\n  servers: ['a:1:1']\n");
         assert_eq!(e.key.as_deref(), Some("read_from"));
         let base = "p:\n  listen: 127.0.0.1:1\n  redis: true\n  cluster: ['10.0.0.1:7000']\n";

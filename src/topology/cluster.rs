@@ -17,10 +17,11 @@
 //! transaction, blocked command or subscriptions) is not redirected: its client gets an error
 //! saying so, and the table is refreshed at once ([`crate::upstream::Redirect::stale`]).
 
-use super::control::{Control, Value};
+use super::control::{Control, Credentials, Value};
 use super::{HealthEvents, SharedTopology, Topology};
 use crate::config::{Addr, ClusterConfig, PoolConfig, ServerConfig};
 use crate::hash::CLUSTER_SLOTS;
+use crate::tls::PoolTls;
 use crate::upstream::{Framing, Job, Lane, Redirect, RedirectHook};
 use bytes::Bytes;
 use smallvec::smallvec;
@@ -137,8 +138,9 @@ fn node_addr(host: Option<String>, port: Option<i64>, asked: &Addr) -> Option<Ad
     Some(Addr::Tcp { host, port })
 }
 
-/// Parse a `CLUSTER SHARDS` reply (Redis 7.0+), asked of `asked`.
-pub fn parse_shards(v: &Value, asked: &Addr) -> Option<SlotTable> {
+/// Parse a `CLUSTER SHARDS` reply (Redis 7.0+), asked of `asked`. Over TLS a node is reached
+/// at its `tls-port` (when it has one), else at its `port`.
+pub fn parse_shards(v: &Value, asked: &Addr, tls: bool) -> Option<SlotTable> {
     let mut ranges = Vec::new();
     let mut masters = Vec::new();
     let mut replicas = Vec::new();
@@ -166,7 +168,12 @@ pub fn parse_shards(v: &Value, asked: &Addr) -> Option<SlotTable> {
                 .and_then(Value::text)
                 .filter(|e| e != "?" && !e.is_empty())
                 .or_else(|| n.field("ip").and_then(Value::text));
-            node_addr(host, n.field("port").and_then(Value::int), asked)
+            let tls_port = n.field("tls-port").and_then(Value::int).filter(|p| *p > 0);
+            let port = match tls_port {
+                Some(p) if tls => Some(p),
+                _ => n.field("port").and_then(Value::int),
+            };
+            node_addr(host, port, asked)
         };
         let addr = addr_of(master)?;
         for n in nodes {
@@ -212,8 +219,8 @@ pub fn parse_slots(v: &Value, asked: &Addr) -> Option<SlotTable> {
 }
 
 /// Ask one node for the slot table.
-async fn fetch(node: &Addr, auth: Auth<'_>) -> Result<SlotTable, String> {
-    let mut c = Control::connect_as(node, ASK_TIMEOUT, auth.0, auth.1).await?;
+async fn fetch(node: &Addr, with: &Credentials) -> Result<SlotTable, String> {
+    let mut c = Control::connect(node, ASK_TIMEOUT, with).await?;
     match c.call(&[b"CLUSTER", b"SHARDS"]).await? {
         Value::Error(e) if e.contains("unknown subcommand") || e.contains("Unknown subcommand") => {
             let v = c.call(&[b"CLUSTER", b"SLOTS"]).await?;
@@ -223,18 +230,26 @@ async fn fetch(node: &Addr, auth: Auth<'_>) -> Result<SlotTable, String> {
             }
         }
         Value::Error(e) => Err(format!("{node}: CLUSTER SHARDS: {e}")),
-        v => parse_shards(&v, node).ok_or_else(|| format!("{node}: CLUSTER SHARDS reply cannot be read")),
+        v => parse_shards(&v, node, with.tls.is_some())
+            .ok_or_else(|| format!("{node}: CLUSTER SHARDS reply cannot be read")),
+    }
+}
+
+/// How a cluster pool's nodes are reached: `redis_user`, `redis_auth` and `tls`, as loaded in
+/// `tls`.
+fn credentials(pool: &PoolConfig, tls: &PoolTls) -> Credentials {
+    Credentials {
+        user: pool.redis_user.clone(),
+        password: pool.redis_auth.clone(),
+        tls: tls.connector.clone(),
     }
 }
 
 /// The table from the first of `nodes` that gives one.
-/// The pool's `redis_user` and `redis_auth`.
-type Auth<'a> = (Option<&'a str>, Option<&'a str>);
-
-async fn fetch_any(nodes: &[Addr], auth: Auth<'_>) -> Result<SlotTable, Vec<String>> {
+async fn fetch_any(nodes: &[Addr], with: &Credentials) -> Result<SlotTable, Vec<String>> {
     let mut errors = Vec::new();
     for n in nodes {
-        match fetch(n, auth).await {
+        match fetch(n, with).await {
             Ok(t) => return Ok(t),
             Err(e) => errors.push(e),
         }
@@ -247,16 +262,14 @@ async fn fetch_any(nodes: &[Addr], auth: Auth<'_>) -> Result<SlotTable, Vec<Stri
 ///
 /// # Errors
 /// No seed answered with a table.
-pub async fn discover(pool: &PoolConfig, cfg: &ClusterConfig) -> Result<SlotTable, String> {
-    let t = fetch_any(&cfg.seeds, (pool.redis_user.as_deref(), pool.redis_auth.as_deref()))
-        .await
-        .map_err(|e| {
-            format!(
-                "pool '{}': no cluster seed gave a slot table: {}",
-                pool.name,
-                e.join("; ")
-            )
-        })?;
+pub async fn discover(pool: &PoolConfig, cfg: &ClusterConfig, tls: &PoolTls) -> Result<SlotTable, String> {
+    let t = fetch_any(&cfg.seeds, &credentials(pool, tls)).await.map_err(|e| {
+        format!(
+            "pool '{}': no cluster seed gave a slot table: {}",
+            pool.name,
+            e.join("; ")
+        )
+    })?;
     tracing::info!(
         "pool {}: cluster of {} masters, {} of {CLUSTER_SLOTS} slots served",
         pool.name,
@@ -630,12 +643,7 @@ async fn refresh(
             nodes.push(n);
         }
     }
-    let table = match fetch_any(
-        &nodes,
-        (current.pool.redis_user.as_deref(), current.pool.redis_auth.as_deref()),
-    )
-    .await
-    {
+    let table = match fetch_any(&nodes, &credentials(&current.pool, &current.tls)).await {
         Ok(t) => t,
         Err(errors) => {
             if let Some(suppressed) = crate::log_limit::allow(&format!("cluster table {}", current.pool.name)) {
@@ -764,17 +772,39 @@ mod tests {
                 Value::Array(vec![node(7001, "master")]),
             ]),
         ]);
-        let t = parse_shards(&v, &a(7000)).unwrap();
+        let t = parse_shards(&v, &a(7000), false).unwrap();
         assert_eq!(t.masters, vec![a(7000), a(7001)], "slotless masters are kept");
         assert_eq!(t.replicas, vec![vec![a(7003)], vec![]]);
         assert_eq!((t.slots[0], t.slots[250], t.slots[150]), (0, 0, UNSERVED));
         assert_eq!(t.served(), 200);
+        assert_eq!(
+            parse_shards(&v, &a(7000), true),
+            Some(t),
+            "no tls-port: the port over TLS too"
+        );
+
+        // Nodes with a TLS port: legate over TLS goes there, plain legate to `port`.
+        let with_tls = |port: i64| {
+            let mut n = node(port, "master");
+            if let Value::Array(items) = &mut n {
+                items.extend([s("tls-port"), Value::Int(port + 100)]);
+            }
+            Value::Array(vec![
+                s("slots"),
+                Value::Array(vec![Value::Int(0), Value::Int(16383)]),
+                s("nodes"),
+                Value::Array(vec![n]),
+            ])
+        };
+        let v = Value::Array(vec![with_tls(7000)]);
+        assert_eq!(parse_shards(&v, &a(7000), true).unwrap().masters, vec![a(7100)]);
+        assert_eq!(parse_shards(&v, &a(7000), false).unwrap().masters, vec![a(7000)]);
         let bad = Value::Array(vec![Value::Array(vec![
             s("slots"),
             Value::Array(vec![Value::Int(0), Value::Int(20000)]),
             s("nodes"),
             Value::Array(vec![node(7000, "master")]),
         ])]);
-        assert_eq!(parse_shards(&bad, &a(7000)), None);
+        assert_eq!(parse_shards(&bad, &a(7000), false), None);
     }
 }

@@ -5,8 +5,11 @@
 //! depth is bounded, and a reply that is not what was asked for is an error, never a panic.
 
 use crate::config::Addr;
+use crate::net::{Plain, Stream};
 use crate::protocol::redis;
+use crate::tls::Connector;
 use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -126,49 +129,59 @@ fn parse_at(buf: &Bytes, at: usize, depth: usize) -> Option<(Value, usize)> {
     }
 }
 
+/// How legate reaches a control peer: the ACL user and password it authenticates with, and
+/// the TLS it speaks (a cluster pool's `redis_user`/`redis_auth`/`tls`; a Sentinel pool's
+/// `sentinel_user`/`sentinel_auth` and its `tls` unless `sentinel_tls: false`).
+#[derive(Clone, Default)]
+pub struct Credentials {
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub tls: Option<Arc<Connector>>,
+}
+
 /// A connection to a sentinel or a cluster node for legate's own commands.
 pub struct Control {
-    stream: TcpStream,
+    stream: Stream,
     buf: BytesMut,
     scan: redis::ReplyScan,
     timeout: Duration,
 }
 
 impl Control {
-    /// Connect (and `AUTH` with `auth` when given), all within `timeout`.
+    /// Connect, run the TLS handshake when `with.tls` is set, and `AUTH` when a password is
+    /// given (`AUTH <user> <password>` with a user), all within `timeout`.
     ///
     /// # Errors
-    /// The peer cannot be reached, refuses the password, or does not answer in time.
-    pub async fn connect(addr: &Addr, timeout: Duration, auth: Option<&str>) -> Result<Control, String> {
-        Control::connect_as(addr, timeout, None, auth).await
-    }
-
-    /// [`Control::connect`] with an ACL user: `AUTH <user> <auth>`.
-    ///
-    /// # Errors
-    /// As [`Control::connect`].
-    pub async fn connect_as(
-        addr: &Addr,
-        timeout: Duration,
-        user: Option<&str>,
-        auth: Option<&str>,
-    ) -> Result<Control, String> {
+    /// The peer cannot be reached, its certificate is refused, it refuses the password, or it
+    /// does not answer in time.
+    pub async fn connect(addr: &Addr, timeout: Duration, with: &Credentials) -> Result<Control, String> {
         let Addr::Tcp { host, port } = addr else {
             return Err(format!("{addr}: only host:port addresses are supported here"));
         };
-        let stream = tokio::time::timeout(timeout, TcpStream::connect((host.as_str(), *port)))
+        let stream = async {
+            let tcp = TcpStream::connect((host.as_str(), *port))
+                .await
+                .map_err(|e| format!("{addr}: {e}"))?;
+            let _ = tcp.set_nodelay(true);
+            match &with.tls {
+                None => Ok(Stream::Plain(Plain::Tcp(tcp))),
+                Some(tls) => tls
+                    .connect(host, Plain::Tcp(tcp))
+                    .await
+                    .map_err(|e| format!("{addr}: TLS handshake failed: {e}")),
+            }
+        };
+        let stream = tokio::time::timeout(timeout, stream)
             .await
-            .map_err(|_| format!("{addr}: connect timed out"))?
-            .map_err(|e| format!("{addr}: {e}"))?;
-        let _ = stream.set_nodelay(true);
+            .map_err(|_| format!("{addr}: connect timed out"))??;
         let mut c = Control {
             stream,
             buf: BytesMut::with_capacity(4096),
             scan: redis::ReplyScan::with_limit(CONTROL_REPLY_BYTES),
             timeout,
         };
-        if let Some(pw) = auth {
-            let said = match user {
+        if let Some(pw) = &with.password {
+            let said = match &with.user {
                 Some(u) => c.call(&[b"AUTH", u.as_bytes(), pw.as_bytes()]).await?,
                 None => c.call(&[b"AUTH", pw.as_bytes()]).await?,
             };
@@ -187,7 +200,12 @@ impl Control {
     pub async fn send(&mut self, args: &[&[u8]]) -> Result<(), String> {
         let mut out = BytesMut::new();
         redis::encode_command(&mut out, args.iter().copied());
-        tokio::time::timeout(self.timeout, self.stream.write_all(&out))
+        let write = async {
+            self.stream.write_all(&out).await?;
+            // TLS holds records until flushed.
+            self.stream.flush().await
+        };
+        tokio::time::timeout(self.timeout, write)
             .await
             .map_err(|_| "write timed out".to_string())?
             .map_err(|e| e.to_string())

@@ -11,9 +11,10 @@
 //! Sentinels can disagree for a moment after a failover; each answer carries the master's
 //! config epoch, and the highest epoch among the sentinels that answer wins.
 
-use super::control::{Control, Value};
+use super::control::{Control, Credentials, Value};
 use super::{HealthEvents, SharedTopology, Topology};
 use crate::config::{Addr, PoolConfig, SentinelConfig};
+use crate::tls::PoolTls;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,10 +37,20 @@ struct Seen {
     epoch: i64,
 }
 
+/// How the sentinels of `cfg` are reached: `sentinel_user`/`sentinel_auth`, and the pool's
+/// TLS (as loaded in `tls`) unless `sentinel_tls: false`.
+pub fn credentials(cfg: &SentinelConfig, tls: &PoolTls) -> Credentials {
+    Credentials {
+        user: cfg.user.clone(),
+        password: cfg.auth.clone(),
+        tls: tls.connector.clone().filter(|_| cfg.tls),
+    }
+}
+
 /// Ask one sentinel about every name (`SENTINEL MASTER`, pipelined on one connection).
 /// `None` for a name it does not monitor.
-async fn ask(sentinel: Addr, auth: Option<String>, names: Arc<Vec<String>>) -> Result<Vec<Option<Seen>>, String> {
-    let mut c = Control::connect(&sentinel, ASK_TIMEOUT, auth.as_deref()).await?;
+async fn ask(sentinel: Addr, with: Credentials, names: Arc<Vec<String>>) -> Result<Vec<Option<Seen>>, String> {
+    let mut c = Control::connect(&sentinel, ASK_TIMEOUT, &with).await?;
     let mut out = Vec::with_capacity(names.len());
     for name in names.iter() {
         let v = c.call(&[b"SENTINEL", b"MASTER", name.as_bytes()]).await?;
@@ -73,11 +84,11 @@ async fn ask(sentinel: Addr, auth: Option<String>, names: Arc<Vec<String>>) -> R
 /// Every name's address according to the sentinels (all asked at once; per name the answer
 /// with the highest config epoch). Names no reachable sentinel knows are missing; the errors
 /// say which sentinels could not be asked.
-async fn ask_all(cfg: &SentinelConfig, names: &[String]) -> (HashMap<String, Addr>, Vec<String>) {
+async fn ask_all(cfg: &SentinelConfig, with: &Credentials, names: &[String]) -> (HashMap<String, Addr>, Vec<String>) {
     let names = Arc::new(names.to_vec());
     let mut set = JoinSet::new();
     for s in &cfg.sentinels {
-        set.spawn(ask(s.clone(), cfg.auth.clone(), names.clone()));
+        set.spawn(ask(s.clone(), with.clone(), names.clone()));
     }
     let mut best: Vec<Option<Seen>> = vec![None; names.len()];
     let mut errors = Vec::new();
@@ -116,6 +127,7 @@ fn names(pool: &PoolConfig) -> Vec<String> {
 pub async fn resolve(
     pool: &PoolConfig,
     cfg: &SentinelConfig,
+    tls: &PoolTls,
     known: &HashMap<String, Addr>,
 ) -> Result<HashMap<String, Addr>, String> {
     let mut masters: HashMap<String, Addr> = HashMap::new();
@@ -131,7 +143,7 @@ pub async fn resolve(
     if missing.is_empty() {
         return Ok(masters);
     }
-    let (found, errors) = ask_all(cfg, &missing).await;
+    let (found, errors) = ask_all(cfg, &credentials(cfg, tls), &missing).await;
     for n in &missing {
         match found.get(n) {
             Some(a) => {
@@ -216,7 +228,7 @@ async fn follow(cfg: SentinelConfig, masters: Masters, topo: SharedTopology, eve
     // Aborted with this task.
     let mut subscriptions = JoinSet::new();
     for s in &cfg.sentinels {
-        subscriptions.spawn(subscribe(s.clone(), cfg.auth.clone(), tx.clone()));
+        subscriptions.spawn(subscribe(s.clone(), cfg.clone(), topo.clone(), tx.clone()));
     }
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -234,8 +246,11 @@ async fn follow(cfg: SentinelConfig, masters: Masters, topo: SharedTopology, eve
             },
         };
         if recheck {
-            let pool = topo.load().pool.clone();
-            let (found, errors) = ask_all(&cfg, &names(&pool)).await;
+            let (pool, with) = {
+                let t = topo.load();
+                (t.pool.clone(), credentials(&cfg, &t.tls))
+            };
+            let (found, errors) = ask_all(&cfg, &with, &names(&pool)).await;
             if found.is_empty() && !errors.is_empty() {
                 if let Some(suppressed) = crate::log_limit::allow(&format!("sentinels {}", pool.name)) {
                     tracing::warn!(pool = %pool.name, suppressed, "no sentinel answered: {}", errors.join("; "));
@@ -276,11 +291,12 @@ fn switch(topo: &SharedTopology, masters: &Masters, events: &HealthEvents, name:
 }
 
 /// Subscribe to `+switch-master` on one sentinel for as long as the pool lives, reconnecting
-/// after failures.
-async fn subscribe(sentinel: Addr, auth: Option<String>, tx: mpsc::UnboundedSender<Event>) {
+/// after failures (with the TLS material of the pool's topology at the time).
+async fn subscribe(sentinel: Addr, cfg: SentinelConfig, topo: SharedTopology, tx: mpsc::UnboundedSender<Event>) {
     loop {
         let result = async {
-            let mut c = Control::connect(&sentinel, ASK_TIMEOUT, auth.as_deref()).await?;
+            let with = credentials(&cfg, &topo.load().tls);
+            let mut c = Control::connect(&sentinel, ASK_TIMEOUT, &with).await?;
             c.send(&[b"SUBSCRIBE", b"+switch-master"]).await?;
             loop {
                 let v = c.read().await?;

@@ -85,28 +85,84 @@ pub fn pki() -> Pki {
 }
 
 impl Pki {
+    /// The arguments that make a redis-server (or redis-sentinel) speak only TLS on `port`,
+    /// with the CA-signed server certificate, and TLS on its own outgoing connections
+    /// (replication, a sentinel's links, a cluster's bus); client certificates not required.
+    pub fn redis_tls_args(&self, port: u16) -> Vec<String> {
+        let mut a: Vec<String> = ["--port", "0", "--tls-port", &port.to_string()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.extend(self.tls_files(&self.server_cert, &self.server_key, false));
+        // Its own connections present the client certificate (the server one is for servers
+        // only: its extended key usage says so, and peers check it).
+        a.extend(
+            [
+                "--tls-client-cert-file",
+                self.client_cert.to_str().unwrap(),
+                "--tls-client-key-file",
+                self.client_key.to_str().unwrap(),
+                "--tls-replication",
+                "yes",
+            ]
+            .map(String::from),
+        );
+        a
+    }
+
+    fn tls_files(&self, cert: &Path, key: &Path, require_client_cert: bool) -> Vec<String> {
+        [
+            "--tls-cert-file",
+            cert.to_str().unwrap(),
+            "--tls-key-file",
+            key.to_str().unwrap(),
+            "--tls-ca-cert-file",
+            self.ca.to_str().unwrap(),
+            "--tls-auth-clients",
+            if require_client_cert { "yes" } else { "no" },
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
     /// A redis-server speaking only TLS on a free port with `cert`/`key`; `clients` requires
     /// client certificates signed by the CA.
     pub fn redis(&self, cert: &Path, key: &Path, require_client_cert: bool) -> super::Proc {
         let port = super::free_port();
-        let p = port.to_string();
-        super::redis_server_with(
-            port,
-            &[
-                "--port",
-                "0",
-                "--tls-port",
-                &p,
-                "--tls-cert-file",
-                cert.to_str().unwrap(),
-                "--tls-key-file",
-                key.to_str().unwrap(),
-                "--tls-ca-cert-file",
-                self.ca.to_str().unwrap(),
-                "--tls-auth-clients",
-                if require_client_cert { "yes" } else { "no" },
-            ],
+        let mut args: Vec<String> = ["--port", "0", "--tls-port", &port.to_string()]
+            .map(String::from)
+            .to_vec();
+        args.extend(self.tls_files(cert, key, require_client_cert));
+        super::redis_server_with(port, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// redis-cli straight to a TLS redis-server (to look behind legate), with the CA and the
+    /// client certificate.
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        super::run(
+            std::process::Command::new(super::require("redis-cli", "redis-tools"))
+                .args(self.cli_args(port))
+                .args(args),
         )
+    }
+
+    /// redis-cli's arguments to reach `port` over TLS.
+    pub fn cli_args(&self, port: u16) -> Vec<String> {
+        [
+            "--tls",
+            "--cacert",
+            self.ca.to_str().unwrap(),
+            "--cert",
+            self.client_cert.to_str().unwrap(),
+            "--key",
+            self.client_key.to_str().unwrap(),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ]
+        .map(String::from)
+        .to_vec()
     }
 
     /// A memcached speaking only TLS (`-Z`) with the CA-signed server certificate.
