@@ -12,7 +12,7 @@ use crate::server::{accept_loop, Listener, PoolHandle};
 use crate::tls::PoolTls;
 use crate::topology::cluster::{self, ClusterView};
 use crate::topology::sentinel::{self, Follower};
-use crate::topology::{watch_health, HealthEvents, SharedTopology, Topology};
+use crate::topology::{update, watch_health, HealthEvents, SharedTopology, Topology};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -348,14 +348,15 @@ impl Pools {
                             old.follower = None;
                             if old.cluster.is_some() {
                                 // The same seeds: the table is kept (and followed) as it is.
-                                let topo = Topology::rebuild(p, tls, Some(&old.topo.load()), Some(&old.events));
-                                old.topo.store(Arc::new(topo));
+                                update(&old.topo, |cur| {
+                                    Some(Topology::rebuild(p, tls, Some(cur), Some(&old.events)))
+                                });
                             } else {
                                 let table = masters.tables.remove(&p.listen).expect("learned above");
                                 let (view, rx) = cluster_view(table);
-                                let built =
-                                    Topology::build(p, tls, Some(&old.topo.load()), Some(&old.events), Some(view));
-                                old.topo.store(Arc::new(built));
+                                update(&old.topo, |cur| {
+                                    Some(Topology::build(p, tls, Some(cur), Some(&old.events), Some(view)))
+                                });
                                 old.cluster = Some(cluster::Follower::start(
                                     cfg.clone(),
                                     old.topo.clone(),
@@ -383,8 +384,9 @@ impl Pools {
                                     .collect();
                                 *known = merged;
                                 let built = sentinel::resolved(p, &known);
-                                let topo = Topology::rebuild(&built, tls, Some(&old.topo.load()), Some(&old.events));
-                                old.topo.store(Arc::new(topo));
+                                update(&old.topo, |cur| {
+                                    Some(Topology::rebuild(&built, tls, Some(cur), Some(&old.events)))
+                                });
                             }
                             old.follower = Some(kept.unwrap_or_else(|| {
                                 Follower::start(cfg.clone(), shared, old.topo.clone(), old.events.clone())
@@ -395,8 +397,9 @@ impl Pools {
                             // With TLS the files may have changed under the same config: the
                             // rebuild keeps every server whose certificates and keys read the same.
                             if old.config != *p || p.tls.is_some() || p.listen_tls.is_some() {
-                                let topo = Topology::rebuild(p, tls, Some(&old.topo.load()), Some(&old.events));
-                                old.topo.store(Arc::new(topo));
+                                update(&old.topo, |cur| {
+                                    Some(Topology::rebuild(p, tls, Some(cur), Some(&old.events)))
+                                });
                             }
                         }
                     }

@@ -2,7 +2,8 @@
 //!
 //! Sessions load the current snapshot once per batch of requests; a reload or an ejection
 //! builds a new one and swaps it in atomically, so a request never sees half of an old topology
-//! and half of a new.
+//! and half of a new. Writers (reloads, ejections, Sentinel failovers, slot table refreshes)
+//! take turns through [`update`], each building on the snapshot the one before it stored.
 
 pub mod cluster;
 pub mod control;
@@ -38,6 +39,9 @@ pub struct Topology {
     pub replicas: Vec<Arc<Server>>,
     /// Per master (index in `servers`), its replicas' indexes in `replicas`.
     pub replicas_of: Vec<Vec<usize>>,
+    /// Held by whoever builds the next snapshot from this one ([`update`]); kept across
+    /// rebuilds, so every snapshot of a pool shares it.
+    writer: Arc<std::sync::Mutex<()>>,
 }
 
 /// Told when a server of the pool is ejected.
@@ -146,6 +150,7 @@ impl Topology {
             cluster: view,
             replicas,
             replicas_of,
+            writer: old.map(|o| o.writer.clone()).unwrap_or_default(),
         }
     }
 
@@ -197,6 +202,24 @@ impl Topology {
 /// The live topology of a pool, swapped whole on reload.
 pub type SharedTopology = Arc<ArcSwap<Topology>>;
 
+/// Swap in the snapshot `next` builds from the live one (`None`: keep it). Every writer of a
+/// pool's topology (a reload, an ejection or a server's return, a Sentinel failover, a slot
+/// table refresh) goes through here: `next` runs under the pool's writer lock and sees the
+/// latest snapshot, so no writer builds on a snapshot another has just replaced and undoes its
+/// change. `next` must not block: it builds and starts connections, nothing more.
+pub fn update(topo: &SharedTopology, next: impl FnOnce(&Arc<Topology>) -> Option<Topology>) -> bool {
+    let writer = topo.load().writer.clone();
+    let _held = writer.lock().unwrap_or_else(|e| e.into_inner());
+    let current = topo.load_full();
+    match next(&current) {
+        Some(t) => {
+            topo.store(Arc::new(t));
+            true
+        }
+        None => false,
+    }
+}
+
 /// Rebuild the pool's ring whenever a server is ejected, and bring ejected servers back once a
 /// probe after `server_retry_timeout` connects. Ends when the pool drains.
 pub async fn watch_health(
@@ -214,9 +237,12 @@ pub async fn watch_health(
             _ = drain.wait_for(|d| *d) => return,
         }
         while rx.try_recv().is_ok() {}
-        let current = topo.load_full();
-        let next = Topology::rebuild(&current.pool, current.tls.clone(), Some(&current), Some(&events));
-        let ejected: Vec<&Arc<Server>> = next.servers.iter().filter(|s| s.is_ejected()).collect();
+        let mut ejected: Vec<Arc<Server>> = Vec::new();
+        update(&topo, |current| {
+            let next = Topology::rebuild(&current.pool, current.tls.clone(), Some(current), Some(&events));
+            ejected = next.servers.iter().filter(|s| s.is_ejected()).cloned().collect();
+            Some(next)
+        });
         for s in &ejected {
             if !probing.iter().any(|p| Arc::ptr_eq(p, s)) {
                 tracing::warn!(server = %s.addr, "ejected; retry in {:?}", s.retry_timeout());
@@ -238,6 +264,55 @@ pub async fn watch_health(
             }
         }
         probing.retain(|p| p.is_ejected());
-        topo.store(Arc::new(next));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Addr, Config, ServerConfig};
+
+    /// Writers that race each build on the snapshot the one before them stored: each adds a
+    /// server, and none is lost.
+    #[test]
+    fn concurrent_writers_never_undo_each_other() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let pool = Config::parse("p:\n  listen: 127.0.0.1:1\n  servers: ['127.0.0.1:1:1']\n")
+                .unwrap()
+                .pools
+                .remove(0);
+            let topo: SharedTopology = Arc::new(ArcSwap::from_pointee(Topology::start(&pool, PoolTls::default())));
+            let writers: Vec<_> = (2..34u16)
+                .map(|port| {
+                    let topo = topo.clone();
+                    tokio::task::spawn_blocking(move || {
+                        update(&topo, |cur| {
+                            let mut p = cur.pool.clone();
+                            // Room for another writer to slip in, were there no lock.
+                            std::thread::sleep(std::time::Duration::from_micros(200));
+                            p.servers.push(ServerConfig {
+                                addr: Addr::Tcp {
+                                    host: "127.0.0.1".into(),
+                                    port,
+                                },
+                                weight: 1,
+                                alias: None,
+                                name: format!("127.0.0.1:{port}"),
+                            });
+                            Some(Topology::rebuild(&p, cur.tls.clone(), Some(cur), None))
+                        })
+                    })
+                })
+                .collect();
+            for w in writers {
+                assert!(w.await.unwrap());
+            }
+            assert_eq!(topo.load().servers.len(), 33, "every writer's server is in the pool");
+        });
     }
 }

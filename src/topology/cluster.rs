@@ -653,33 +653,32 @@ async fn refresh(
         }
     };
     // Another refresh or a reload may have swapped meanwhile: build on the latest.
-    let current = topo.load_full();
-    let Some(view) = &current.cluster else {
-        return None;
-    };
-    if view.table == table {
-        return None;
-    }
-    let demoted = view.table.failovers(&table);
-    tracing::info!(
-        pool = %current.pool.name,
-        "cluster slot table changed: {} masters, {} slots served",
-        table.masters.len(),
-        table.served()
-    );
-    let view = Arc::new(ClusterView {
-        table,
-        hook: view.hook.clone(),
+    let mut demoted = None;
+    super::update(topo, |current| {
+        let view = current.cluster.as_ref()?;
+        if view.table == table {
+            return None;
+        }
+        demoted = Some(view.table.failovers(&table));
+        tracing::info!(
+            pool = %current.pool.name,
+            "cluster slot table changed: {} masters, {} slots served",
+            table.masters.len(),
+            table.served()
+        );
+        let view = Arc::new(ClusterView {
+            table,
+            hook: view.hook.clone(),
+        });
+        Some(Topology::build(
+            &current.pool,
+            current.tls.clone(),
+            Some(current),
+            Some(events),
+            Some(view),
+        ))
     });
-    let next = Topology::build(
-        &current.pool,
-        current.tls.clone(),
-        Some(&current),
-        Some(events),
-        Some(view),
-    );
-    topo.store(Arc::new(next));
-    Some(demoted)
+    demoted
 }
 
 #[cfg(test)]

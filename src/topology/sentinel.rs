@@ -267,15 +267,25 @@ async fn follow(cfg: SentinelConfig, masters: Masters, topo: SharedTopology, eve
 /// Nothing happens when it is there already or the name is not one of the pool's.
 fn switch(topo: &SharedTopology, masters: &Masters, events: &HealthEvents, name: &str, addr: Addr, why: &str) {
     let mut m = masters.lock().unwrap_or_else(|e| e.into_inner());
-    let current = topo.load_full();
-    if m.get(name) == Some(&addr) || !current.pool.servers.iter().any(|s| s.name == name) {
+    let mut from = None;
+    let moved = super::update(topo, |current| {
+        if m.get(name) == Some(&addr) || !current.pool.servers.iter().any(|s| s.name == name) {
+            return None;
+        }
+        from = m.insert(name.to_string(), addr.clone());
+        let pool = resolved(&current.pool, &m);
+        Some(Topology::rebuild(
+            &pool,
+            current.tls.clone(),
+            Some(current),
+            Some(events),
+        ))
+    });
+    drop(m);
+    if !moved {
         return;
     }
-    let from = m.insert(name.to_string(), addr.clone());
-    let pool = resolved(&current.pool, &m);
-    let next = Topology::rebuild(&pool, current.tls.clone(), Some(&current), Some(events));
-    topo.store(Arc::new(next));
-    drop(m);
+    let pool = topo.load().pool.clone();
     metrics::counter!(
         crate::metrics::SENTINEL_FAILOVERS,
         "pool" => pool.name.clone(),
