@@ -718,3 +718,58 @@ fn an_acl_user_reaches_every_node() {
         );
     }
 }
+
+/// A reload switches a pool between kinds on the same address: a static shard, then the
+/// cluster, then the shard again, with one client connection kept throughout.
+#[test]
+fn a_reload_switches_a_pool_between_a_static_shard_and_the_cluster() {
+    let nodes = cluster();
+    let shard = common::redis_server();
+    let (port, admin) = (free_port(), free_port());
+    let static_yaml = format!(
+        "k:\n  listen: 127.0.0.1:{port}\n  redis: true\n  servers: ['127.0.0.1:{}:1']\n",
+        shard.port
+    );
+    let cluster_yaml = format!(
+        "k:\n  listen: 127.0.0.1:{port}\n  redis: true\n  timeout: 5000\n  cluster: ['127.0.0.1:{}']\n",
+        nodes[0].port
+    );
+    let config = common::config_file(&static_yaml);
+    let _legate = common::legate_logged(&config, port, &["--admin", &format!("127.0.0.1:{admin}")]);
+    let mut c = Client::connect(port);
+    let get = |c: &mut Client, k: &str| c.call(&[b"GET", k.as_bytes()]);
+    c.expect(&common::cmd("SET where static"), b"+OK\r\n");
+    // The same key straight on the cluster, with a value of its own.
+    let owner = owner_of(nodes[0].port, "where");
+    Client::connect(owner).expect(&common::cmd("SET where cluster"), b"+OK\r\n");
+
+    let reload = |yaml: &str| {
+        std::fs::write(&config, yaml).unwrap();
+        let (code, body) = common::http(admin, "POST", "/reload");
+        assert_eq!(code, 200, "{body}");
+    };
+    reload(&cluster_yaml);
+    assert_eq!(
+        get(&mut c, "where").text(),
+        "cluster",
+        "the reload made the pool a cluster pool"
+    );
+    for i in 0..100 {
+        c.expect(&common::cmd(&format!("SET moved:{i} {i}")), b"+OK\r\n");
+    }
+    let on_masters: i64 = nodes
+        .iter()
+        .filter(|n| is_master(n.port))
+        .map(|n| Client::connect(n.port).words("DBSIZE").int())
+        .sum();
+    assert_eq!(on_masters, 101, "the writes went to the cluster's masters");
+    assert_eq!(
+        Client::connect(shard.port).words("DBSIZE").int(),
+        1,
+        "and none to the shard"
+    );
+
+    reload(&static_yaml);
+    assert_eq!(get(&mut c, "where").text(), "static", "back to the static shard");
+    assert_eq!(get(&mut c, "moved:7"), Value::Null);
+}
