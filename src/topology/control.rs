@@ -149,7 +149,7 @@ pub struct Control {
 
 impl Control {
     /// Connect, run the TLS handshake when `with.tls` is set, and `AUTH` when a password is
-    /// given (`AUTH <user> <password>` with a user), all within `timeout`.
+    /// given (`AUTH <user> <password>` with a user), each within `timeout`.
     ///
     /// # Errors
     /// The peer cannot be reached, its certificate is refused, it refuses the password, or it
@@ -158,22 +158,18 @@ impl Control {
         let Addr::Tcp { host, port } = addr else {
             return Err(format!("{addr}: only host:port addresses are supported here"));
         };
-        let stream = async {
-            let tcp = TcpStream::connect((host.as_str(), *port))
-                .await
-                .map_err(|e| format!("{addr}: {e}"))?;
-            let _ = tcp.set_nodelay(true);
-            match &with.tls {
-                None => Ok(Stream::Plain(Plain::Tcp(tcp))),
-                Some(tls) => tls
-                    .connect(host, Plain::Tcp(tcp))
-                    .await
-                    .map_err(|e| format!("{addr}: TLS handshake failed: {e}")),
-            }
-        };
-        let stream = tokio::time::timeout(timeout, stream)
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect((host.as_str(), *port)))
             .await
-            .map_err(|_| format!("{addr}: connect timed out"))??;
+            .map_err(|_| format!("{addr}: connect timed out"))?
+            .map_err(|e| format!("{addr}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let stream = match &with.tls {
+            None => Stream::Plain(Plain::Tcp(tcp)),
+            Some(tls) => tokio::time::timeout(timeout, tls.connect(host, Plain::Tcp(tcp)))
+                .await
+                .map_err(|_| format!("{addr}: no TLS handshake within {timeout:?} (is this its TLS port?)"))?
+                .map_err(|e| format!("{addr}: TLS handshake failed: {e}"))?,
+        };
         let mut c = Control {
             stream,
             buf: BytesMut::with_capacity(4096),
