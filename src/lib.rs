@@ -9,10 +9,10 @@
 //!   and the Redis command table (each command's arity, key positions and route).
 //! - [`topology`]: a pool's servers, ring and connections as one immutable snapshot; where the
 //!   servers come from when they are not a static list (`topology/sentinel.rs`: master names
-//!   followed through Sentinel failovers; `topology/cluster.rs`: a Redis Cluster's slot table,
-//!   refreshed (at once when a node fails), its redirections followed, and its replicas when
-//!   they take reads (`read_from`); `topology/control.rs`: legate's own RESP connections,
-//!   with the pool's TLS and ACL user).
+//!   followed through Sentinel failovers, and their replicas as the sentinels list them;
+//!   `topology/cluster.rs`: a Redis Cluster's slot table, refreshed (at once when a node
+//!   fails), its redirections followed, and its replicas when they take reads (`read_from`);
+//!   `topology/control.rs`: legate's own RESP connections, with the pool's TLS and ACL user).
 //! - [`router`]: a parsed request -> the server(s) it goes to, split and merged when needed; a
 //!   Redis connection's own state (HELLO, AUTH, CLIENT, RESET …) answered in `router/session.rs`;
 //!   transactions, blocking commands, pub/sub, PING and SCRIPT KILL (which must not wait behind a

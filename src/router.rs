@@ -885,7 +885,7 @@ pub fn redis(
                 Ok(slot) => return slot,
                 Err(frame) => frame,
             };
-            // `read_from`: a cluster pool's reads may go to a replica of the slot's master.
+            // `read_from`: a cluster or Sentinel pool's reads may go to a replica of the key's master.
             let server = match cmd.read_only() && !topo.replicas_of.is_empty() {
                 false => server,
                 true => match topo.reader_for(server) {

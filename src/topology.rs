@@ -9,7 +9,7 @@ pub mod cluster;
 pub mod control;
 pub mod sentinel;
 
-use crate::config::{PoolConfig, ReadFrom, Source};
+use crate::config::{Addr, PoolConfig, ReadFrom, Source};
 use crate::hash::{cluster_slot, hash_tag_span, Ring, RingServer};
 use crate::metrics::PoolStats;
 use crate::tls::PoolTls;
@@ -34,14 +34,17 @@ pub struct Topology {
     pub next: AtomicUsize,
     /// A Redis Cluster pool's slot table (its servers are the table's masters, in order).
     pub cluster: Option<Arc<cluster::ClusterView>>,
-    /// A cluster pool's replicas that take reads (`read_from`), addressed past `servers`:
-    /// replica `j` is index `servers.len() + j` in an [`crate::upstream::Outbox`].
+    /// A cluster or Sentinel pool's replicas that take reads (`read_from`), addressed past
+    /// `servers`: replica `j` is index `servers.len() + j` in an [`crate::upstream::Outbox`].
     pub replicas: Vec<Arc<Server>>,
     /// Per master (index in `servers`), its replicas' indexes in `replicas`.
     pub replicas_of: Vec<Vec<usize>>,
     /// Held by whoever builds the next snapshot from this one ([`update`]); kept across
     /// rebuilds, so every snapshot of a pool shares it.
     writer: Arc<std::sync::Mutex<()>>,
+    /// A Sentinel pool's replicas as the sentinels last listed them up, per master (in
+    /// `servers` order), whatever `read_from` says; `None` until the sentinels were asked.
+    pub sentinel_replicas: Option<Vec<Vec<Addr>>>,
 }
 
 /// Told when a server of the pool is ejected.
@@ -56,7 +59,7 @@ impl Topology {
     /// Build a pool's topology, keeping the connections of every server of `old` that is still
     /// in the pool with the same address and connection settings (TLS material included).
     /// Ejected servers are left out of the ring, exactly as nutcracker leaves them out.
-    /// A cluster pool keeps `old`'s slot table.
+    /// A cluster pool keeps `old`'s slot table, a Sentinel pool each master name's replicas.
     pub fn rebuild(pool: &PoolConfig, tls: PoolTls, old: Option<&Topology>, events: Option<&HealthEvents>) -> Topology {
         let view = match pool.source {
             Source::Cluster(_) => old.and_then(|o| o.cluster.clone()),
@@ -73,6 +76,47 @@ impl Topology {
         old: Option<&Topology>,
         events: Option<&HealthEvents>,
         view: Option<Arc<cluster::ClusterView>>,
+    ) -> Topology {
+        Topology::assemble(pool, tls, old, events, view, None)
+    }
+
+    /// [`Topology::rebuild`] of a Sentinel pool (`pool` resolved) with each master's replicas
+    /// as the sentinels list them now (in `pool.servers` order).
+    pub fn build_sentinel(
+        pool: &PoolConfig,
+        tls: PoolTls,
+        old: Option<&Topology>,
+        events: Option<&HealthEvents>,
+        replicas: Vec<Vec<Addr>>,
+    ) -> Topology {
+        Topology::assemble(pool, tls, old, events, None, Some(replicas))
+    }
+
+    /// A Sentinel pool's replicas by master name, as `self` has them, for `pool`'s servers.
+    fn sentinel_replicas_for(&self, pool: &PoolConfig) -> Option<Vec<Vec<Addr>>> {
+        let known = self.sentinel_replicas.as_ref()?;
+        Some(
+            pool.servers
+                .iter()
+                .map(|s| {
+                    self.pool
+                        .servers
+                        .iter()
+                        .position(|o| o.name == s.name)
+                        .and_then(|i| known.get(i).cloned())
+                        .unwrap_or_default()
+                })
+                .collect(),
+        )
+    }
+
+    fn assemble(
+        pool: &PoolConfig,
+        tls: PoolTls,
+        old: Option<&Topology>,
+        events: Option<&HealthEvents>,
+        view: Option<Arc<cluster::ClusterView>>,
+        sentinel_replicas: Option<Vec<Vec<Addr>>>,
     ) -> Topology {
         let resolved;
         let pool = match &view {
@@ -110,14 +154,30 @@ impl Topology {
             })
             .collect();
         let ring = Ring::build(&ring_servers, pool.distribution);
-        let read_from = match &pool.source {
-            Source::Cluster(c) => c.read_from,
-            _ => ReadFrom::Master,
+        let read_from = read_from(pool);
+        // A Sentinel pool's replicas are kept by master name; a promoted replica is a master,
+        // never a replica of anything.
+        let sentinel_replicas = match &pool.source {
+            Source::Sentinel(_) => sentinel_replicas
+                .or_else(|| old.and_then(|o| o.sentinel_replicas_for(pool)))
+                .map(|mut known| {
+                    for rs in &mut known {
+                        rs.retain(|a| !pool.servers.iter().any(|m| m.addr == *a));
+                    }
+                    known
+                }),
+            _ => None,
+        };
+        let replica_addrs = match (&view, &sentinel_replicas) {
+            (Some(v), _) => Some(&v.table.replicas),
+            (None, Some(known)) => Some(known),
+            (None, None) => None,
         };
         let mut replicas: Vec<Arc<Server>> = Vec::new();
         let mut replicas_of = Vec::new();
-        if let (Some(v), true) = (&view, read_from != ReadFrom::Master) {
-            for rs in &v.table.replicas {
+        if let (Some(addrs), true) = (replica_addrs, read_from != ReadFrom::Master) {
+            let sentinel = sentinel_replicas.is_some();
+            for rs in addrs {
                 let mut mine = Vec::with_capacity(rs.len());
                 for a in rs {
                     let sc = crate::config::ServerConfig {
@@ -126,14 +186,22 @@ impl Topology {
                         alias: None,
                         name: a.to_string(),
                     };
-                    let srv = old
-                        .and_then(|o| {
-                            o.replicas
-                                .iter()
-                                .find(|k| k.addr == *a && k.same_replica_connections(pool, &sc, &tls, hook))
-                        })
-                        .cloned()
-                        .unwrap_or_else(|| Server::start_replica(pool, &sc, &tls, &stats.commands, hook.cloned()));
+                    let same = |k: &&Arc<Server>| {
+                        k.addr == *a
+                            && match sentinel {
+                                true => k.same_sentinel_replica_connections(pool, &sc, &tls),
+                                false => k.same_replica_connections(pool, &sc, &tls, hook),
+                            }
+                    };
+                    let srv =
+                        old.and_then(|o| o.replicas.iter().find(same))
+                            .cloned()
+                            .unwrap_or_else(|| match sentinel {
+                                true => {
+                                    Server::start_sentinel_replica(pool, &sc, &tls, events.cloned(), &stats.commands)
+                                }
+                                false => Server::start_replica(pool, &sc, &tls, &stats.commands, hook.cloned()),
+                            });
                     mine.push(replicas.len());
                     replicas.push(srv);
                 }
@@ -151,6 +219,7 @@ impl Topology {
             replicas,
             replicas_of,
             writer: old.map(|o| o.writer.clone()).unwrap_or_default(),
+            sentinel_replicas,
         }
     }
 
@@ -167,22 +236,21 @@ impl Topology {
 
 impl Topology {
     /// Where a read-only command for the master `server` goes under the pool's `read_from`:
-    /// `server` itself, or one of its replicas (an index past `servers`), in turn. `None` with
-    /// `read_from: replica` when the master has no replica up.
+    /// `server` itself, or one of its replicas that is not ejected (an index past `servers`),
+    /// in turn. `None` with `read_from: replica` when the master has no replica up.
     pub fn reader_for(&self, server: usize) -> Option<usize> {
-        let read_from = match &self.pool.source {
-            Source::Cluster(c) => c.read_from,
-            _ => ReadFrom::Master,
-        };
+        let read_from = read_from(&self.pool);
         if read_from == ReadFrom::Master {
             return Some(server);
         }
-        match self.replicas_of.get(server).map(Vec::as_slice).unwrap_or_default() {
-            [] if read_from == ReadFrom::PreferReplica => Some(server),
-            [] => None,
-            mine => {
-                let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Some(self.servers.len() + mine[n % mine.len()])
+        let mine = self.replicas_of.get(server).map(Vec::as_slice).unwrap_or_default();
+        let up = |j: &&usize| !self.replicas[**j].is_ejected();
+        match mine.iter().filter(up).count() {
+            0 if read_from == ReadFrom::PreferReplica => Some(server),
+            0 => None,
+            n => {
+                let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n;
+                mine.iter().filter(up).nth(turn).map(|j| self.servers.len() + j)
             }
         }
     }
@@ -196,6 +264,15 @@ impl Topology {
                 .position(|m| m == addr)
                 .is_some_and(|i| c.table.slots.contains(&(i as u16)))
         })
+    }
+}
+
+/// A cluster or Sentinel pool's `read_from`; every other pool reads from its servers.
+fn read_from(pool: &PoolConfig) -> ReadFrom {
+    match &pool.source {
+        Source::Cluster(c) => c.read_from,
+        Source::Sentinel(s) => s.read_from,
+        Source::Static => ReadFrom::Master,
     }
 }
 
@@ -240,7 +317,14 @@ pub async fn watch_health(
         let mut ejected: Vec<Arc<Server>> = Vec::new();
         update(&topo, |current| {
             let next = Topology::rebuild(&current.pool, current.tls.clone(), Some(current), Some(&events));
-            ejected = next.servers.iter().filter(|s| s.is_ejected()).cloned().collect();
+            // A Sentinel pool's replicas are ejected too (out of the reads, not of any ring).
+            ejected = next
+                .servers
+                .iter()
+                .chain(&next.replicas)
+                .filter(|s| s.is_ejected())
+                .cloned()
+                .collect();
             Some(next)
         });
         for s in &ejected {

@@ -2,7 +2,8 @@
 //! `INFO`, memcached `stats`) and both are published under ONE set of metric names with the same
 //! labels (pool, server, protocol), so a dashboard needs no per-backend exporter. A cluster
 //! pool's every node is asked (masters and replicas, as its slot table lists them); a Sentinel
-//! pool's every master.
+//! pool's every master and every replica the sentinels last listed up, with any `read_from`
+//! (a replica that takes no reads costs one short connection per scrape, as a cluster's does).
 
 use crate::config::Protocol;
 use crate::topology::SharedTopology;
@@ -128,8 +129,12 @@ pub async fn scrape_once(pools: &[SharedTopology], backends: &Backends) {
                 (t.pool.name.clone(), t.pool.protocol, s.addr.to_string(), result)
             }));
         }
-        // A cluster pool's replicas that take no reads are asked too.
-        let idle_replicas = t.cluster.iter().flat_map(|c| c.table.replicas.iter().flatten());
+        // A cluster or Sentinel pool's replicas that take no reads are asked too.
+        let idle_replicas = t
+            .cluster
+            .iter()
+            .flat_map(|c| c.table.replicas.iter().flatten())
+            .chain(t.sentinel_replicas.iter().flatten().flatten());
         for a in idle_replicas {
             if t.replicas.iter().any(|r| r.addr == *a) {
                 continue;

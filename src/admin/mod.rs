@@ -198,6 +198,10 @@ impl Status {
                         })),
                         _ => None,
                     },
+                    // A Sentinel pool's replicas by master name, as the sentinels last listed them up.
+                    "replicas": live.sentinel_replicas.as_ref().map(|r| live.pool.servers.iter().zip(r).map(|(s, r)| {
+                        (s.name.clone(), json!(r.iter().map(ToString::to_string).collect::<Vec<_>>()))
+                    }).collect::<serde_json::Map<_, _>>()),
                 })
             })
             .collect();

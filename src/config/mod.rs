@@ -118,15 +118,15 @@ pub struct ClusterConfig {
     pub read_from: ReadFrom,
 }
 
-/// `read_from` (legate): where a cluster pool's read-only commands go. Writes, and anything
-/// legate does not know to be read-only, always go to the slot's master.
+/// `read_from` (legate): where a cluster or Sentinel pool's read-only commands go. Writes, and
+/// anything legate does not know to be read-only, always go to the key's master.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ReadFrom {
     #[default]
     Master,
-    /// A replica of the slot's master (an error when it has none up).
+    /// A replica of the key's master (an error when it has none up).
     Replica,
-    /// A replica of the slot's master, or the master when it has none up.
+    /// A replica of the key's master, or the master when it has none up.
     PreferReplica,
 }
 
@@ -148,6 +148,8 @@ pub struct SentinelConfig {
     /// Whether the sentinels are reached over the pool's `tls:` (`sentinel_tls`; on by default
     /// when the pool has `tls:`).
     pub tls: bool,
+    /// Where read-only commands go (`read_from`): a replica the sentinels list as up.
+    pub read_from: ReadFrom,
 }
 
 /// Default `sentinel_interval`.
@@ -596,12 +598,20 @@ fn parse_pool(name: &str, v: Value) -> Result<PoolConfig, ConfigError> {
         }
         Ok(out)
     };
+    // Cluster and Sentinel pools only.
+    let read_from = match s("read_from")?.as_deref() {
+        None | Some("master") => ReadFrom::Master,
+        Some("replica") => ReadFrom::Replica,
+        Some("prefer_replica") => ReadFrom::PreferReplica,
+        Some(_) => return Err(err(name, "read_from", "must be master, replica or prefer_replica")),
+    };
     let cluster = match get.get("cluster") {
         None | Some(Value::Null) => {
-            for key in ["cluster_refresh", "read_from"] {
-                if get.contains_key(key) {
-                    return Err(err(name, key, "is only valid with 'cluster'"));
-                }
+            if get.contains_key("cluster_refresh") {
+                return Err(err(name, "cluster_refresh", "is only valid with 'cluster'"));
+            }
+            if get.contains_key("read_from") && matches!(get.get("sentinels"), None | Some(Value::Null)) {
+                return Err(err(name, "read_from", "is only valid with 'cluster' or 'sentinels'"));
             }
             None
         }
@@ -634,12 +644,7 @@ fn parse_pool(name: &str, v: Value) -> Result<PoolConfig, ConfigError> {
                 refresh: Duration::from_millis(
                     num("cluster_refresh", DEFAULT_CLUSTER_REFRESH.as_millis() as i64, 100)? as u64,
                 ),
-                read_from: match s("read_from")?.as_deref() {
-                    None | Some("master") => ReadFrom::Master,
-                    Some("replica") => ReadFrom::Replica,
-                    Some("prefer_replica") => ReadFrom::PreferReplica,
-                    Some(_) => return Err(err(name, "read_from", "must be master, replica or prefer_replica")),
-                },
+                read_from,
             })
         }
     };
@@ -691,6 +696,7 @@ fn parse_pool(name: &str, v: Value) -> Result<PoolConfig, ConfigError> {
                 auth,
                 user,
                 tls: sentinel_tls,
+                read_from,
             })
         }
     };
@@ -1068,6 +1074,7 @@ delta:
         };
         assert_eq!(s.sentinels.len(), 2);
         assert_eq!(s.interval, Duration::from_millis(2000));
+        assert_eq!(s.read_from, ReadFrom::Master);
         let names: Vec<_> = p.servers.iter().map(|s| (s.name.as_str(), s.weight)).collect();
         assert_eq!(names, [("shard-a", 2), ("shard-b", 1)]);
 
@@ -1080,6 +1087,10 @@ delta:
         assert_eq!(e.key.as_deref(), Some("servers"));
         let e = refused(&format!("{base}  auto_eject_hosts: true\n  servers: ['a:1']\n"));
         assert_eq!(e.key.as_deref(), Some("auto_eject_hosts"));
+        let c = Config::parse(&format!("{base}  read_from: replica\n  servers: ['a:1']\n")).unwrap();
+        assert!(matches!(&c.pools[0].source, Source::Sentinel(s) if s.read_from == ReadFrom::Replica));
+        let e = refused(&format!("{base}  read_from: replicas\n  servers: ['a:1']\n"));
+        assert_eq!(e.key.as_deref(), Some("read_from"));
         let e = refused(&format!("{base}  sentinel_interval: 5\n  servers: ['a:1']\n"));
         assert_eq!(e.key.as_deref(), Some("sentinel_interval"));
         let e = refused("p:\n  listen: 127.0.0.1:1\n  sentinels: ['10.0.0.1:26379']\n  servers: ['a:1']\n");

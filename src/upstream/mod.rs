@@ -302,6 +302,20 @@ fn target(pool: &PoolConfig, server: &ServerConfig, tls: &PoolTls) -> Target {
     }
 }
 
+/// How often at most an ejected Sentinel replica is probed: Sentinel kills a replica's client
+/// connections whenever it re-points it at a new master, which ejects a healthy replica.
+const REPLICA_RETRY: Duration = Duration::from_secs(1);
+
+/// A Sentinel pool's replica: ejected on failures whatever `auto_eject_hosts` says, and probed
+/// again after [`REPLICA_RETRY`] (or `server_retry_timeout` when shorter).
+fn sentinel_replica(pool: &PoolConfig, server: &ServerConfig, tls: &PoolTls) -> Target {
+    Target {
+        auto_eject: true,
+        retry_timeout: pool.server_retry_timeout.min(REPLICA_RETRY),
+        ..target(pool, server, tls)
+    }
+}
+
 impl Server {
     /// Start `server_connections` connection tasks for `server` (connected lazily on first use,
     /// or at once with `preconnect`). Must be called inside a Tokio runtime. The tasks end when
@@ -361,6 +375,20 @@ impl Server {
             None,
             commands,
         )
+    }
+
+    /// A replica of a Sentinel pool's master that takes reads (`read_from`). A plain replica
+    /// needs no `READONLY` (a server without cluster support refuses it). Unlike a master it is
+    /// ejected after `server_failure_limit` failures, which `events` is told: reads then go to
+    /// another replica (or the master) until a probe connects again (every second at most).
+    pub fn start_sentinel_replica(
+        pool: &PoolConfig,
+        server: &ServerConfig,
+        tls: &PoolTls,
+        events: Option<mpsc::UnboundedSender<()>>,
+        commands: &Arc<CommandLatency>,
+    ) -> Arc<Server> {
+        Server::start_target(pool, server, sentinel_replica(pool, server, tls), events, commands)
     }
 
     fn start_target(
@@ -562,6 +590,12 @@ impl Server {
                 auto_eject: false,
                 ..target(pool, server, tls)
             }
+    }
+
+    /// [`Server::same_connections_with`] for a replica started by
+    /// [`Server::start_sentinel_replica`].
+    pub fn same_sentinel_replica_connections(&self, pool: &PoolConfig, server: &ServerConfig, tls: &PoolTls) -> bool {
+        self.target == sentinel_replica(pool, server, tls)
     }
 
     /// Queue jobs on one of `worker`'s connections of `lane`, in order: always the same one for
