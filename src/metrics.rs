@@ -664,6 +664,8 @@ impl ServerStats {
 
 /// Failovers a Sentinel pool followed (labels `pool`, `master`).
 pub const SENTINEL_FAILOVERS: &str = "legate_sentinel_failovers_total";
+/// Whether a Sentinel pool's sentinel answered its last check (labels `pool`, `sentinel`).
+pub const SENTINEL_UP: &str = "legate_sentinel_up";
 
 /// Redirections a cluster pool followed (labels `pool`, `kind`: moved, ask, tryagain —
 /// TRYAGAIN and CLUSTERDOWN).
@@ -760,6 +762,10 @@ pub fn describe() {
     describe_counter!(
         SENTINEL_FAILOVERS,
         "Times a Sentinel pool moved a master name to a new address (+switch-master or a re-check)."
+    );
+    describe_gauge!(
+        SENTINEL_UP,
+        "1 when the sentinel answered the pool's last check of its masters and replicas, else 0."
     );
     describe_counter!(
         CLUSTER_REDIRECTIONS,

@@ -181,7 +181,7 @@ fn tls_only_sentinels_with_an_acl_user_over_tls_only_masters() {
         cli(&p, ra.port, &["INFO", "replication"]).contains("master_link_status:up")
     });
     let masters = [("ma", ma.port), ("mb", mb.port)];
-    let sentinels: Vec<Proc> = (0..3).map(|_| tls_acl_sentinel(&p, free_port(), &masters)).collect();
+    let mut sentinels: Vec<Proc> = (0..3).map(|_| tls_acl_sentinel(&p, free_port(), &masters)).collect();
     let ask = |s: u16, args: &[&str]| {
         let mut all = vec!["--user", "legate", "--pass", "legatepw", "--no-auth-warning"];
         all.extend(args);
@@ -220,12 +220,12 @@ fn tls_only_sentinels_with_an_acl_user_over_tls_only_masters() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("AUTH refused"), "{err}");
 
-    let port = free_port();
+    let (port, admin) = (free_port(), free_port());
     let config = common::config_file(&format!(
         "s:\n  listen: 127.0.0.1:{port}\n{}",
         pool("  sentinel_user: legate\n")
     ));
-    let legate = common::legate_logged(&config, port, &[]);
+    let legate = common::legate_logged(&config, port, &["--admin", &format!("127.0.0.1:{admin}")]);
     println!("{} (ma: {}, mb: {})", legate.wait_log("masters"), ma.port, mb.port);
     let mut c = Client::connect(port);
     write_and_read(&mut c, "s", 100);
@@ -248,4 +248,16 @@ fn tls_only_sentinels_with_an_acl_user_over_tls_only_masters() {
     });
     write_and_read(&mut c, "s", 100);
     assert_eq!(role(&p, ra.port), "master");
+
+    // legate_sentinel_up: 1 for each sentinel that answered the last check, 0 once one is gone.
+    let up = |s: u16| {
+        let (_, m) = common::http(admin, "GET", "/metrics");
+        common::metric(&m, "legate_sentinel_up", &[&format!("sentinel=\"127.0.0.1:{s}\"")])
+    };
+    for s in &sentinels {
+        common::eventually("every sentinel is up", || up(s.port) == Some(1.0));
+    }
+    let gone = sentinels.pop().unwrap().port;
+    common::eventually("a stopped sentinel is down", || up(gone) == Some(0.0));
+    assert!(sentinels.iter().all(|s| up(s.port) == Some(1.0)));
 }

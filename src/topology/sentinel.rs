@@ -165,18 +165,29 @@ struct Found {
 
 /// Every name's master and replicas according to the sentinels (all asked at once). Names no
 /// reachable sentinel knows are missing; the errors say which sentinels could not be asked.
-async fn ask_all(cfg: &SentinelConfig, with: &Credentials, names: &[String]) -> (Found, Vec<String>) {
+async fn ask_all(pool: &str, cfg: &SentinelConfig, with: &Credentials, names: &[String]) -> (Found, Vec<String>) {
     let names = Arc::new(names.to_vec());
     let mut set = JoinSet::new();
     for s in &cfg.sentinels {
-        set.spawn(ask(s.clone(), with.clone(), names.clone()));
+        let (s, with, names) = (s.clone(), with.clone(), names.clone());
+        set.spawn(async move { (s.clone(), ask(s, with, names).await) });
     }
     let mut answers: Vec<Vec<Option<Seen>>> = Vec::new();
     let mut errors = Vec::new();
     while let Some(r) = set.join_next().await {
+        let up = |s: &Addr, up: bool| {
+            metrics::gauge!(crate::metrics::SENTINEL_UP, "pool" => pool.to_string(), "sentinel" => s.to_string())
+                .set(if up { 1.0 } else { 0.0 })
+        };
         match r {
-            Ok(Ok(seen)) => answers.push(seen),
-            Ok(Err(e)) => errors.push(e),
+            Ok((s, Ok(seen))) => {
+                up(&s, true);
+                answers.push(seen)
+            }
+            Ok((s, Err(e))) => {
+                up(&s, false);
+                errors.push(e)
+            }
             Err(e) => errors.push(e.to_string()),
         }
     }
@@ -250,7 +261,7 @@ pub async fn resolve(
     if missing.is_empty() {
         return Ok(masters);
     }
-    let (found, errors) = ask_all(cfg, &credentials(cfg, tls), &missing).await;
+    let (found, errors) = ask_all(&pool.name, cfg, &credentials(cfg, tls), &missing).await;
     for n in &missing {
         match found.masters.get(n) {
             Some(a) => {
@@ -361,7 +372,7 @@ async fn follow(cfg: SentinelConfig, masters: Masters, topo: SharedTopology, eve
             let t = topo.load();
             (t.pool.clone(), credentials(&cfg, &t.tls))
         };
-        let (found, errors) = ask_all(&cfg, &with, &names(&pool)).await;
+        let (found, errors) = ask_all(&pool.name, &cfg, &with, &names(&pool)).await;
         if found.masters.is_empty() && !errors.is_empty() {
             if let Some(suppressed) = crate::log_limit::allow(&format!("sentinels {}", pool.name)) {
                 tracing::warn!(pool = %pool.name, suppressed, "no sentinel answered: {}", errors.join("; "));
