@@ -9,34 +9,13 @@ mod common;
 
 use common::resp::Value;
 use common::{free_port, require, Client, Proc};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A redis-sentinel monitoring `masters` (name, port) with quorum 2 and short failover timers.
 fn sentinel(port: u16, masters: &[(&str, u16)]) -> Proc {
-    let bin = require("redis-sentinel", "redis-sentinel");
-    let dir = common::scratch_dir();
-    let conf = dir.join("sentinel.conf");
-    let mut text = format!("port {port}\nbind 127.0.0.1\ndir {}\n", dir.display());
-    for (name, p) in masters {
-        text += &format!(
-            "sentinel monitor {name} 127.0.0.1 {p} 2\n\
-             sentinel down-after-milliseconds {name} 1000\n\
-             sentinel failover-timeout {name} 2000\n\
-             sentinel parallel-syncs {name} 1\n"
-        );
-    }
-    std::fs::write(&conf, text).unwrap();
-    let mut child = Command::new(bin)
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start redis-sentinel");
-    common::wait_for_port(port, "redis-sentinel", &mut child);
-    Proc { child, port }
+    common::redis_sentinel(port, &format!("port {port}\n"), masters)
 }
 
 fn field<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
@@ -459,30 +438,27 @@ fn replica_reads_follow_the_sentinels_replicas() {
 
     // GETs go to the replicas, in turn; none to the masters.
     let gets = |ports: &[u16]| ports.iter().map(|p| calls(*p, "get")).collect::<Vec<_>>();
+    // GET every key through `client`, checking each value: the GETs each of `ports` took.
+    let read_all = |client: &mut Client, ports: &[u16]| -> Vec<u64> {
+        let before = gets(ports);
+        for k in keys.iter() {
+            assert_eq!(
+                client.call(&[b"GET", k.as_bytes()]),
+                Value::Bulk(format!("v:{k}").into_bytes())
+            );
+        }
+        gets(ports).iter().zip(&before).map(|(a, b)| a - b).collect()
+    };
     let all = [pa, pb, ra1, ra2, rb];
-    let before = gets(&all);
-    for k in keys.iter() {
-        assert_eq!(
-            c.call(&[b"GET", k.as_bytes()]),
-            Value::Bulk(format!("v:{k}").into_bytes())
-        );
-    }
-    let d: Vec<u64> = gets(&all).iter().zip(&before).map(|(a, b)| a - b).collect();
+    let d = read_all(&mut c, &all);
     println!("GETs by server with read_from: replica (pa pb ra1 ra2 rb): {d:?}");
     assert_eq!((d[0], d[1]), (0, 0), "GETs reached the masters");
     assert_eq!(d[2] + d[3], n_a, "ma's GETs are not all on its replicas");
     assert!(d[2] > 0 && d[3] > 0, "ma's replicas do not take turns: {d:?}");
     assert_eq!(d[4], 200 - n_a, "mb's GETs are not on its replica");
     // The pool with read_from: master reads from the masters.
-    let before = gets(&all);
     let mut m = Client::connect(port_m);
-    for k in keys.iter() {
-        assert_eq!(
-            m.call(&[b"GET", k.as_bytes()]),
-            Value::Bulk(format!("v:{k}").into_bytes())
-        );
-    }
-    let d: Vec<u64> = gets(&all).iter().zip(&before).map(|(a, b)| a - b).collect();
+    let d = read_all(&mut m, &all);
     assert_eq!(d, vec![n_a, 200 - n_a, 0, 0, 0], "read_from: master");
     // Both pools' replicas are scraped, read_from or not.
     common::eventually("the adapter scrapes every replica", || {
@@ -525,14 +501,7 @@ fn replica_reads_follow_the_sentinels_replicas() {
     }
     replicas_line("s", &[ra2], &[rb], since);
     let live = [pa, pb, ra2, rb];
-    let before = gets(&live);
-    for k in keys.iter() {
-        assert_eq!(
-            c.call(&[b"GET", k.as_bytes()]),
-            Value::Bulk(format!("v:{k}").into_bytes())
-        );
-    }
-    let d: Vec<u64> = gets(&live).iter().zip(&before).map(|(a, b)| a - b).collect();
+    let d = read_all(&mut c, &live);
     assert_eq!(
         d,
         vec![0, 0, n_a, 200 - n_a],
@@ -570,14 +539,7 @@ fn replica_reads_follow_the_sentinels_replicas() {
         &seen[1].failures[..seen[1].failures.len().min(5)]
     );
     replicas_line("s", &[pa], &[rb], since);
-    let before = gets(&live);
-    for k in keys.iter() {
-        assert_eq!(
-            c.call(&[b"GET", k.as_bytes()]),
-            Value::Bulk(format!("v:{k}").into_bytes())
-        );
-    }
-    let d: Vec<u64> = gets(&live).iter().zip(&before).map(|(a, b)| a - b).collect();
+    let d = read_all(&mut c, &live);
     assert_eq!(d, vec![n_a, 0, 0, 200 - n_a], "after the failover (pa pb ra2 rb)");
     // A reload makes the read_from: master pool read from the replicas it already knows.
     std::fs::write(
@@ -594,14 +556,7 @@ fn replica_reads_follow_the_sentinels_replicas() {
         let d: Vec<u64> = gets(&live).iter().zip(&before).map(|(a, b)| a - b).collect();
         r == Value::Bulk(format!("v:{k}").into_bytes()) && d == [1, 0, 0, 0]
     });
-    let before = gets(&live);
-    for k in keys.iter() {
-        assert_eq!(
-            m.call(&[b"GET", k.as_bytes()]),
-            Value::Bulk(format!("v:{k}").into_bytes())
-        );
-    }
-    let d: Vec<u64> = gets(&live).iter().zip(&before).map(|(a, b)| a - b).collect();
+    let d = read_all(&mut m, &live);
     assert_eq!(d, vec![n_a, 0, 0, 200 - n_a], "the reloaded pool (pa pb ra2 rb)");
 
     // Writes go to ma's new master.

@@ -8,7 +8,7 @@ mod common;
 
 use common::pki::{pki, Pki};
 use common::{free_port, require, run, Client, Proc};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// A free port whose cluster bus port (+10 000) is free too, below the ephemeral range.
 fn cluster_port() -> u16 {
@@ -137,31 +137,13 @@ fn a_cluster_of_tls_only_nodes_through_its_slot_table_and_a_failover() {
 /// A redis-sentinel speaking only TLS, whose `default` user needs `defpw` (the sentinels use it
 /// among themselves) and which knows legate as the ACL user `legate`.
 fn tls_acl_sentinel(p: &Pki, port: u16, masters: &[(&str, u16)]) -> Proc {
-    let bin = require("redis-sentinel", "redis-sentinel");
-    let dir = common::scratch_dir();
-    let conf = dir.join("sentinel.conf");
-    let args = p.redis_tls_args(port);
-    let mut text = format!("bind 127.0.0.1\ndir {}\n", dir.display());
-    for pair in args.chunks(2) {
-        text += &format!("{} {}\n", pair[0].trim_start_matches("--"), pair[1]);
-    }
-    text += "requirepass defpw\nsentinel sentinel-pass defpw\nuser legate on >legatepw ~* &* +@all\n";
-    for (name, m) in masters {
-        text += &format!(
-            "sentinel monitor {name} 127.0.0.1 {m} 2\n\
-             sentinel down-after-milliseconds {name} 1000\n\
-             sentinel failover-timeout {name} 2000\n"
-        );
-    }
-    std::fs::write(&conf, text).unwrap();
-    let mut child = Command::new(bin)
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start redis-sentinel");
-    common::wait_for_port(port, "redis-sentinel", &mut child);
-    Proc { child, port }
+    let mut settings: String = p
+        .redis_tls_args(port)
+        .chunks(2)
+        .map(|kv| format!("{} {}\n", kv[0].trim_start_matches("--"), kv[1]))
+        .collect();
+    settings += "requirepass defpw\nsentinel sentinel-pass defpw\nuser legate on >legatepw ~* &* +@all\n";
+    common::redis_sentinel(port, &settings, masters)
 }
 
 #[test]

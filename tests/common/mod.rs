@@ -157,6 +157,33 @@ pub fn redis_server_with(port: u16, extra: &[&str]) -> Proc {
     Proc { child, port }
 }
 
+/// A redis-sentinel on `port` (given in `settings`: `port N`, or TLS's `tls-port N`) with the
+/// other `settings` lines, monitoring `masters` (name, port) with quorum 2 and short failover
+/// timers, in a scratch directory of its own (it rewrites its config file).
+pub fn redis_sentinel(port: u16, settings: &str, masters: &[(&str, u16)]) -> Proc {
+    let bin = require("redis-sentinel", "redis-sentinel");
+    let dir = scratch_dir();
+    let conf = dir.join("sentinel.conf");
+    let mut text = format!("bind 127.0.0.1\ndir {}\n{settings}", dir.display());
+    for (name, p) in masters {
+        text += &format!(
+            "sentinel monitor {name} 127.0.0.1 {p} 2\n\
+             sentinel down-after-milliseconds {name} 1000\n\
+             sentinel failover-timeout {name} 2000\n\
+             sentinel parallel-syncs {name} 1\n"
+        );
+    }
+    std::fs::write(&conf, text).unwrap();
+    let mut child = Command::new(bin)
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start redis-sentinel");
+    wait_for_port(port, "redis-sentinel", &mut child);
+    Proc { child, port }
+}
+
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 /// A fresh scratch directory for this test process.
