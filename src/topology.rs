@@ -13,7 +13,7 @@ use crate::config::{Addr, PoolConfig, ReadFrom, Source};
 use crate::hash::{cluster_slot, hash_tag_span, Ring, RingServer};
 use crate::metrics::PoolStats;
 use crate::tls::PoolTls;
-use crate::upstream::Server;
+use crate::upstream::{Role, Server};
 use arc_swap::ArcSwap;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -130,18 +130,20 @@ impl Topology {
         let stats = old
             .map(|o| o.stats.clone())
             .unwrap_or_else(|| PoolStats::new(&pool.name, pool.protocol));
+        // `s` as `role`: the same server of `kept` when its connections would be the same, else
+        // a new one.
+        let keep_or_start = |kept: Option<&[Arc<Server>]>, s: &crate::config::ServerConfig, role: Role| {
+            kept.and_then(|k| {
+                k.iter()
+                    .find(|k| k.addr == s.addr && k.same_as(pool, s, &tls, role, hook))
+            })
+            .cloned()
+            .unwrap_or_else(|| Server::start_as(pool, s, &tls, role, hook.cloned(), events.cloned(), &stats.commands))
+        };
         let servers: Vec<Arc<Server>> = pool
             .servers
             .iter()
-            .map(|s| {
-                old.and_then(|o| {
-                    o.servers
-                        .iter()
-                        .find(|k| k.addr == s.addr && k.same_connections_with(pool, s, &tls, hook))
-                })
-                .cloned()
-                .unwrap_or_else(|| Server::start_with(pool, s, &tls, events.cloned(), &stats.commands, hook.cloned()))
-            })
+            .map(|s| keep_or_start(old.map(|o| &o.servers[..]), s, Role::Master))
             .collect();
         let ring_servers: Vec<RingServer<'_>> = pool
             .servers
@@ -176,7 +178,10 @@ impl Topology {
         let mut replicas: Vec<Arc<Server>> = Vec::new();
         let mut replicas_of = Vec::new();
         if let (Some(addrs), true) = (replica_addrs, read_from != ReadFrom::Master) {
-            let sentinel = sentinel_replicas.is_some();
+            let role = match sentinel_replicas {
+                Some(_) => Role::SentinelReplica,
+                None => Role::ClusterReplica,
+            };
             for rs in addrs {
                 let mut mine = Vec::with_capacity(rs.len());
                 for a in rs {
@@ -186,22 +191,7 @@ impl Topology {
                         alias: None,
                         name: a.to_string(),
                     };
-                    let same = |k: &&Arc<Server>| {
-                        k.addr == *a
-                            && match sentinel {
-                                true => k.same_sentinel_replica_connections(pool, &sc, &tls),
-                                false => k.same_replica_connections(pool, &sc, &tls, hook),
-                            }
-                    };
-                    let srv =
-                        old.and_then(|o| o.replicas.iter().find(same))
-                            .cloned()
-                            .unwrap_or_else(|| match sentinel {
-                                true => {
-                                    Server::start_sentinel_replica(pool, &sc, &tls, events.cloned(), &stats.commands)
-                                }
-                                false => Server::start_replica(pool, &sc, &tls, &stats.commands, hook.cloned()),
-                            });
+                    let srv = keep_or_start(old.map(|o| &o.replicas[..]), &sc, role);
                     mine.push(replicas.len());
                     replicas.push(srv);
                 }

@@ -213,6 +213,15 @@ impl Control {
     /// The connection failed, timed out, or the reply cannot be parsed.
     pub async fn call(&mut self, args: &[&[u8]]) -> Result<Value, String> {
         self.send(args).await?;
+        self.reply().await
+    }
+
+    /// Read the next reply within the connection's timeout (a pipeline's, after
+    /// [`Control::send`]s).
+    ///
+    /// # Errors
+    /// As [`Control::read`], or no reply in time.
+    pub async fn reply(&mut self) -> Result<Value, String> {
         let timeout = self.timeout;
         tokio::time::timeout(timeout, self.read())
             .await

@@ -33,8 +33,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-/// The masters' addresses by name, as last learned. Its lock also serialises every rebuild of
-/// a Sentinel pool's topology (reloads and failovers), so one never undoes the other.
+/// The masters' addresses by name, as last learned. Held (before the topology's writer lock,
+/// [`super::update`]) while a reload or a failover moves a name, so the map and the topology
+/// agree.
 pub type Masters = Arc<Mutex<HashMap<String, Addr>>>;
 
 /// How long one sentinel gets to connect and answer.
@@ -87,8 +88,8 @@ async fn ask(sentinel: Addr, with: Credentials, names: Arc<Vec<String>>) -> Resu
     }
     let mut out = Vec::with_capacity(names.len());
     for name in names.iter() {
-        let v = reply(&mut c, &sentinel).await?;
-        let replicas = replicas_reply(&reply(&mut c, &sentinel).await?);
+        let v = c.reply().await.map_err(|e| format!("{sentinel}: {e}"))?;
+        let replicas = replicas_reply(&c.reply().await.map_err(|e| format!("{sentinel}: {e}"))?);
         out.push(match v {
             Value::Array(_) => {
                 let host = v.field("ip").and_then(Value::text);
@@ -115,13 +116,6 @@ async fn ask(sentinel: Addr, with: Credentials, names: Arc<Vec<String>>) -> Resu
         });
     }
     Ok(out)
-}
-
-/// The next reply of a pipeline, within [`ASK_TIMEOUT`].
-async fn reply(c: &mut Control, sentinel: &Addr) -> Result<Value, String> {
-    tokio::time::timeout(ASK_TIMEOUT, c.read())
-        .await
-        .map_err(|_| format!("{sentinel}: no reply in time"))?
 }
 
 /// The replicas in a `SENTINEL REPLICAS` reply (none for an error), each with what the

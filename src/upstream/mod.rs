@@ -306,89 +306,67 @@ fn target(pool: &PoolConfig, server: &ServerConfig, tls: &PoolTls) -> Target {
 /// connections whenever it re-points it at a new master, which ejects a healthy replica.
 const REPLICA_RETRY: Duration = Duration::from_secs(1);
 
-/// A Sentinel pool's replica: ejected on failures whatever `auto_eject_hosts` says, and probed
-/// again after [`REPLICA_RETRY`] (or `server_retry_timeout` when shorter).
-fn sentinel_replica(pool: &PoolConfig, server: &ServerConfig, tls: &PoolTls) -> Target {
-    Target {
-        auto_eject: true,
-        retry_timeout: pool.server_retry_timeout.min(REPLICA_RETRY),
+/// What a server is to its pool, which decides how its connections are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A static shard, a Sentinel pool's master, a cluster master.
+    Master,
+    /// A cluster replica that takes reads (`read_from`): every connection says `READONLY`
+    /// first, and it is never ejected (the cluster fails over by itself).
+    ClusterReplica,
+    /// A Sentinel pool's replica that takes reads (`read_from`): no `READONLY` (a server
+    /// without cluster support refuses it); ejected after `server_failure_limit` failures
+    /// whatever `auto_eject_hosts` says, so reads go to another replica (or the master), and
+    /// probed again after [`REPLICA_RETRY`] (or `server_retry_timeout` when shorter).
+    SentinelReplica,
+}
+
+/// The connections `server` gets as `role` in `pool`; a cluster node's redirections go to
+/// `redirect`.
+fn target_as(
+    pool: &PoolConfig,
+    server: &ServerConfig,
+    tls: &PoolTls,
+    role: Role,
+    redirect: Option<&RedirectHook>,
+) -> Target {
+    let t = Target {
+        redirect: redirect.cloned(),
         ..target(pool, server, tls)
+    };
+    match role {
+        Role::Master => t,
+        Role::ClusterReplica => Target {
+            readonly: true,
+            auto_eject: false,
+            ..t
+        },
+        Role::SentinelReplica => Target {
+            auto_eject: true,
+            retry_timeout: pool.server_retry_timeout.min(REPLICA_RETRY),
+            ..t
+        },
     }
 }
 
 impl Server {
-    /// Start `server_connections` connection tasks for `server` (connected lazily on first use,
-    /// or at once with `preconnect`). Must be called inside a Tokio runtime. The tasks end when
-    /// the returned value is dropped.
-    /// `events` is told when the server is ejected (with `auto_eject_hosts`); `commands` is the
-    /// pool's latency by command, which the replies add to. An L4 pool's
-    /// server has no shared connections: [`Server::open`] makes one per client.
-    pub fn start(
+    /// Start `server_connections` connection tasks for `server` as `role` (connected lazily on
+    /// first use, or at once with `preconnect`). Must be called inside a Tokio runtime. The
+    /// tasks end when the returned value is dropped.
+    /// `events` is told when the server is ejected; `commands` is the pool's latency by
+    /// command, which the replies add to; a cluster node's redirections go to `redirect`. An L4
+    /// pool's server has no shared connections: [`Server::open`] makes one per client.
+    pub fn start_as(
         pool: &PoolConfig,
         server: &ServerConfig,
         tls: &PoolTls,
-        events: Option<mpsc::UnboundedSender<()>>,
-        commands: &Arc<CommandLatency>,
-    ) -> Arc<Server> {
-        Server::start_with(pool, server, tls, events, commands, None)
-    }
-
-    /// [`Server::start`] for a cluster node, whose redirections go to `redirect`.
-    pub fn start_with(
-        pool: &PoolConfig,
-        server: &ServerConfig,
-        tls: &PoolTls,
-        events: Option<mpsc::UnboundedSender<()>>,
-        commands: &Arc<CommandLatency>,
+        role: Role,
         redirect: Option<RedirectHook>,
-    ) -> Arc<Server> {
-        Server::start_target(
-            pool,
-            server,
-            Target {
-                redirect,
-                ..target(pool, server, tls)
-            },
-            events,
-            commands,
-        )
-    }
-
-    /// A cluster replica that takes reads (`read_from`): every connection says `READONLY`
-    /// first; its redirections go to `redirect`.
-    pub fn start_replica(
-        pool: &PoolConfig,
-        server: &ServerConfig,
-        tls: &PoolTls,
-        commands: &Arc<CommandLatency>,
-        redirect: Option<RedirectHook>,
-    ) -> Arc<Server> {
-        Server::start_target(
-            pool,
-            server,
-            Target {
-                redirect,
-                readonly: true,
-                auto_eject: false,
-                ..target(pool, server, tls)
-            },
-            None,
-            commands,
-        )
-    }
-
-    /// A replica of a Sentinel pool's master that takes reads (`read_from`). A plain replica
-    /// needs no `READONLY` (a server without cluster support refuses it). Unlike a master it is
-    /// ejected after `server_failure_limit` failures, which `events` is told: reads then go to
-    /// another replica (or the master) until a probe connects again (every second at most).
-    pub fn start_sentinel_replica(
-        pool: &PoolConfig,
-        server: &ServerConfig,
-        tls: &PoolTls,
         events: Option<mpsc::UnboundedSender<()>>,
         commands: &Arc<CommandLatency>,
     ) -> Arc<Server> {
-        Server::start_target(pool, server, sentinel_replica(pool, server, tls), events, commands)
+        let target = target_as(pool, server, tls, role, redirect.as_ref());
+        Server::start_target(pool, server, target, events, commands)
     }
 
     fn start_target(
@@ -554,48 +532,17 @@ impl Server {
         }
     }
 
-    /// True when this server's connections are what `server` in `pool` would open: a reload
-    /// then keeps them.
-    pub fn same_connections(&self, pool: &PoolConfig, server: &ServerConfig, tls: &PoolTls) -> bool {
-        self.same_connections_with(pool, server, tls, None)
-    }
-
-    /// [`Server::same_connections`] for a cluster node with its redirect hook.
-    pub fn same_connections_with(
+    /// True when this server's connections are what [`Server::start_as`] would open for
+    /// `server` as `role` in `pool`: a rebuild then keeps them.
+    pub fn same_as(
         &self,
         pool: &PoolConfig,
         server: &ServerConfig,
         tls: &PoolTls,
+        role: Role,
         redirect: Option<&RedirectHook>,
     ) -> bool {
-        self.target
-            == Target {
-                redirect: redirect.cloned(),
-                ..target(pool, server, tls)
-            }
-    }
-
-    /// [`Server::same_connections_with`] for a replica started by [`Server::start_replica`].
-    pub fn same_replica_connections(
-        &self,
-        pool: &PoolConfig,
-        server: &ServerConfig,
-        tls: &PoolTls,
-        redirect: Option<&RedirectHook>,
-    ) -> bool {
-        self.target
-            == Target {
-                redirect: redirect.cloned(),
-                readonly: true,
-                auto_eject: false,
-                ..target(pool, server, tls)
-            }
-    }
-
-    /// [`Server::same_connections_with`] for a replica started by
-    /// [`Server::start_sentinel_replica`].
-    pub fn same_sentinel_replica_connections(&self, pool: &PoolConfig, server: &ServerConfig, tls: &PoolTls) -> bool {
-        self.target == sentinel_replica(pool, server, tls)
+        self.target == target_as(pool, server, tls, role, redirect)
     }
 
     /// Queue jobs on one of `worker`'s connections of `lane`, in order: always the same one for
